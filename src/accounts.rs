@@ -1,0 +1,232 @@
+//! `Accounts`: owners, their passwords and their session tokens.
+//!
+//! - Passwords are hashed with argon2id on the blocking pool (hashing is slow on purpose and
+//!   must not stall the reactor that holds thousands of parked polls).
+//! - Tokens are 256 random bits handed to the client once; only their SHA-256 is kept, so a
+//!   copy of the server's memory or disk cannot be replayed as a session.
+//! - Signing in with an unknown email costs the same hash as a known one, so response time
+//!   does not reveal who has an account.
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use rand::RngCore;
+use ring::digest::{SHA256, digest};
+
+use crate::clock::now_ms;
+use crate::error::ApiError;
+use crate::ids::UserId;
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 8;
+/// Longest password accepted (argon2 is fed the whole thing; bound the work).
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
+/// All owner accounts and their sessions.
+#[derive(Debug)]
+pub struct Accounts {
+    /// Normalised email → user id; the uniqueness constraint on emails.
+    by_email: DashMap<String, UserId>,
+    /// User id → account.
+    users: DashMap<UserId, User>,
+    /// SHA-256 of a token → session.
+    tokens: DashMap<[u8; 32], Session>,
+    /// Lifetime of a session token, in milliseconds.
+    token_ttl_ms: u64,
+    /// A hash to verify against when the email is unknown (constant-time sign-in).
+    decoy_hash: Arc<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: UserId,
+    pub email: String,
+    /// PHC string of the argon2id hash.
+    password_hash: String,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    user: UserId,
+    expires_ms: u64,
+}
+
+/// A freshly issued token, to be handed to the client once.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub user: UserId,
+}
+
+// === Accounts ===
+
+impl Accounts {
+    pub fn new(token_ttl_hours: u64) -> Accounts {
+        Accounts {
+            by_email: DashMap::new(),
+            users: DashMap::new(),
+            tokens: DashMap::new(),
+            token_ttl_ms: token_ttl_hours.saturating_mul(3_600_000),
+            decoy_hash: Arc::new(hash_password("decoy password, never matches").unwrap_or_default()),
+        }
+    }
+
+    /// Creates an account. Hashing runs on the blocking pool.
+    pub async fn create(&self, email: &str, password: &str) -> Result<UserId, ApiError> {
+        let email = normalise_email(email)?;
+        check_password(password)?;
+        if self.by_email.contains_key(&email) {
+            return Err(ApiError::EmailTaken);
+        }
+        let password = password.to_owned();
+        let password_hash = tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| ApiError::Internal(format!("hashing task failed: {e}")))??;
+        // Checked again under the shard lock: two sign-ups with one email may race past the
+        // early check while hashing.
+        match self.by_email.entry(email.clone()) {
+            Entry::Occupied(_) => Err(ApiError::EmailTaken),
+            Entry::Vacant(slot) => {
+                let id = UserId::random();
+                self.users.insert(
+                    id,
+                    User {
+                        id,
+                        email,
+                        password_hash,
+                        created_ms: now_ms(),
+                    },
+                );
+                slot.insert(id);
+                Ok(id)
+            }
+        }
+    }
+
+    /// Checks a password and issues a session token.
+    pub async fn sign_in(&self, email: &str, password: &str) -> Result<IssuedToken, ApiError> {
+        let user = normalise_email(email)
+            .ok()
+            .and_then(|email| self.by_email.get(&email).map(|id| *id))
+            .and_then(|id| self.users.get(&id).map(|u| u.clone()));
+        let stored = match &user {
+            Some(user) => user.password_hash.clone(),
+            None => self.decoy_hash.as_ref().clone(),
+        };
+        let password = password.to_owned();
+        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &stored))
+            .await
+            .map_err(|e| ApiError::Internal(format!("hashing task failed: {e}")))?;
+        match user {
+            Some(user) if matches => Ok(self.issue_token(user.id)),
+            _ => Err(ApiError::BadCredentials),
+        }
+    }
+
+    /// Issues a token for a user without a password check (tests and tools).
+    pub fn issue_token(&self, user: UserId) -> IssuedToken {
+        let mut raw = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let token = URL_SAFE_NO_PAD.encode(raw);
+        self.tokens.insert(
+            token_digest(&token),
+            Session {
+                user,
+                expires_ms: now_ms().saturating_add(self.token_ttl_ms),
+            },
+        );
+        IssuedToken { token, user }
+    }
+
+    /// The user a bearer token belongs to, if it is known and unexpired.
+    pub fn authenticate(&self, token: &str) -> Result<UserId, ApiError> {
+        let digest = token_digest(token);
+        let session = self.tokens.get(&digest).map(|s| *s).ok_or(ApiError::InvalidToken)?;
+        if session.expires_ms <= now_ms() {
+            self.tokens.remove(&digest);
+            return Err(ApiError::InvalidToken);
+        }
+        Ok(session.user)
+    }
+
+    /// Revokes a token (sign-out). Unknown tokens are ignored.
+    pub fn revoke(&self, token: &str) {
+        self.tokens.remove(&token_digest(token));
+    }
+
+    /// Drops expired sessions; run periodically.
+    pub fn purge_expired(&self) -> usize {
+        let now = now_ms();
+        let before = self.tokens.len();
+        self.tokens.retain(|_, s| s.expires_ms > now);
+        before - self.tokens.len()
+    }
+
+    pub fn user(&self, id: &UserId) -> Option<User> {
+        self.users.get(id).map(|u| u.clone())
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+    out
+}
+
+/// Lower-cases and trims; refuses what cannot be an address.
+pub fn normalise_email(email: &str) -> Result<String, ApiError> {
+    let email = email.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && !domain.is_empty() && !domain.contains('@')
+        })
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(email)
+    } else {
+        Err(ApiError::InvalidField(crate::protocol::ProtocolError {
+            field: "email".into(),
+            reason: "must be an email address".into(),
+        }))
+    }
+}
+
+fn check_password(password: &str) -> Result<(), ApiError> {
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD_LEN {
+        return Err(ApiError::PasswordTooShort {
+            min: MIN_PASSWORD_LEN,
+        });
+    }
+    if password.len() > MAX_PASSWORD_LEN {
+        return Err(ApiError::InvalidField(crate::protocol::ProtocolError {
+            field: "password".into(),
+            reason: format!("must be at most {MAX_PASSWORD_LEN} bytes"),
+        }));
+    }
+    Ok(())
+}
+
+fn hash_password(password: &str) -> Result<String, ApiError> {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::Internal(format!("argon2: {e}")))
+}
+
+fn verify_password(password: &str, stored: &str) -> bool {
+    PasswordHash::new(stored)
+        .map(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+        .unwrap_or(false)
+}

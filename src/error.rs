@@ -1,0 +1,132 @@
+//! `ApiError`: every refusal the HTTP API can give, with its status and errno.
+//!
+//! Errors become responses in exactly one place (`service::error_response`). Bodies follow
+//! Mozilla's services convention, `{"code","errno","error","message"}`; `docs/errors.md` lists
+//! the errnos. Internal detail goes to the log, never into a response.
+
+use http::StatusCode;
+
+use crate::protocol::ProtocolError;
+
+/// A refused request. Messages are written for the client developer who will read them.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidField(ProtocolError),
+    #[error("the body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the password must be at least {min} characters")]
+    PasswordTooShort { min: usize },
+    #[error("{0}")]
+    WeakSecret(String),
+    #[error("missing credentials: send Authorization: Bearer <token>")]
+    MissingBearer,
+    #[error("the token is unknown, expired or revoked: sign in again")]
+    InvalidToken,
+    #[error("wrong email or password")]
+    BadCredentials,
+    #[error("missing or malformed Hawk Authorization header: {0}")]
+    HawkHeader(&'static str),
+    #[error("unknown device id: register again")]
+    UnknownDevice,
+    #[error("the Hawk MAC does not match the request")]
+    HawkMac,
+    #[error("stale timestamp: the clock differs from the server's by more than {skew_secs} s")]
+    HawkStale { skew_secs: u64, now: u64, tsm: String },
+    #[error("this nonce was already used: sign each request with a fresh nonce")]
+    HawkReplay,
+    #[error("userid does not match the signed-in account")]
+    WrongUser,
+    #[error("sign-up is closed on this server: ask its operator for an account")]
+    SignupClosed,
+    #[error("this account already has the maximum of {max} devices: forget one first")]
+    DeviceLimit { max: usize },
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed here; allowed: {allow}")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error("unsupported content type: send application/json")]
+    UnsupportedMediaType,
+    #[error("too many requests: slow down")]
+    TooMany,
+    #[error("the server is at its connection limit: try again shortly")]
+    Overloaded,
+    #[error("the server is shutting down: try again shortly")]
+    ShuttingDown,
+    #[error("internal error")]
+    Internal(String),
+}
+
+// === ApiError ===
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            InvalidJson(_) | InvalidField(_) | PasswordTooShort { .. } | WeakSecret(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            MissingBearer | InvalidToken | BadCredentials | HawkHeader(_) | UnknownDevice
+            | HawkMac | HawkStale { .. } | HawkReplay => StatusCode::UNAUTHORIZED,
+            WrongUser | SignupClosed | DeviceLimit { .. } => StatusCode::FORBIDDEN,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            EmailTaken => StatusCode::CONFLICT,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            TooMany => StatusCode::TOO_MANY_REQUESTS,
+            Overloaded | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable number a client can switch on; listed in `docs/errors.md`.
+    pub fn errno(&self) -> u32 {
+        use ApiError::*;
+        match self {
+            InvalidJson(_) => 100,
+            InvalidField(_) => 101,
+            BodyTooLarge { .. } => 102,
+            PasswordTooShort { .. } => 103,
+            WeakSecret(_) => 104,
+            UnsupportedMediaType => 105,
+            MissingBearer => 110,
+            InvalidToken => 111,
+            BadCredentials => 112,
+            HawkHeader(_) => 113,
+            UnknownDevice => 114,
+            HawkMac => 115,
+            HawkStale { .. } => 116,
+            HawkReplay => 117,
+            WrongUser => 120,
+            SignupClosed => 121,
+            DeviceLimit { .. } => 122,
+            NotFound => 130,
+            MethodNotAllowed { .. } => 131,
+            EmailTaken => 132,
+            TooMany => 140,
+            Overloaded => 150,
+            ShuttingDown => 151,
+            Internal(_) => 999,
+        }
+    }
+
+    /// The text sent to the client. Internal errors say nothing about their cause.
+    pub fn public_message(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl From<ProtocolError> for ApiError {
+    fn from(e: ProtocolError) -> Self {
+        if e.field.is_empty() && e.reason.starts_with("the body is not valid JSON") {
+            ApiError::InvalidJson(e.reason)
+        } else {
+            ApiError::InvalidField(e)
+        }
+    }
+}

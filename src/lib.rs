@@ -1,0 +1,43 @@
+//! wheresmyfox: find, ring, lock and wipe lost phones in real time.
+//!
+//! A long-polling, BOSH-style gateway for the Where's My Fox device protocol. Devices hold a
+//! Hawk-signed `POST /1/cmd/{id}` open; an owner's command wakes that parked request within
+//! milliseconds, without websockets.
+//!
+//! # The path of a request
+//!
+//! ```text
+//! accept ──► read + authenticate ──► route ──► park or wake ──► respond
+//! server       service, hawk_auth,    service    mailbox,         service (signs device
+//!              accounts                          device, registry  answers with hawk_auth)
+//! ```
+//!
+//! - [`server`]: the accept loop, the connection cap, hyper's http1 settings, shutdown phases.
+//! - [`service`]: routing, handlers, and the one place an [`error::ApiError`] becomes a response.
+//! - [`hawk_auth`]: Hawk verification of device requests and signing of the answers.
+//! - [`accounts`]: owners, argon2id passwords, bearer tokens.
+//! - [`protocol`]: the wire format (command objects, device reports) and its validation; pure.
+//! - [`registry`]: the sharded device table; [`device`]: one device's outbox, positions, events.
+//! - [`mailbox`]: the park/wake primitive (one parked poll per device), over the [`sync`] facade.
+//! - [`gateway`]: shared state, counters, the shutdown signal, background maintenance.
+//! - [`client`]: a device client (signing, verifying, the poll loop) used by tests and tools.
+//! - [`config`]: settings and their validation.
+
+pub mod accounts;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod gateway;
+pub mod hawk_auth;
+pub mod ids;
+pub mod mailbox;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub(crate) mod sync;
+
+pub use config::Config;
+pub use gateway::Gateway;

@@ -1,0 +1,129 @@
+//! The accept loop, per-connection hyper setup, and the shutdown phases.
+//!
+//! Shutdown, in order:
+//! 1. stop accepting (the listener is dropped);
+//! 2. release parked polls: each answers `{}` at once (they watch the signal themselves,
+//!    because hyper's graceful shutdown only turns keep-alive off);
+//! 3. ask every connection to close after its current response;
+//! 4. wait for them, at most `server.shutdown_grace_secs`, then return regardless.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::service;
+
+/// Counts one open connection for as long as it lives.
+struct ConnectionGuard(Arc<Gateway>);
+
+/// Runs the gateway on `listener` until `signal` resolves, then shuts down in phases.
+pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, signal: impl Future<Output = ()>) {
+    let _maintenance = gateway.start_maintenance();
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(gateway.config.server.header_read_timeout_secs))
+        .keep_alive(gateway.config.server.keep_alive);
+    tokio::pin!(signal);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    serve(stream, peer, &gateway, &builder, &graceful);
+                }
+                Err(error) => {
+                    // Usually EMFILE: out of descriptors. Back off rather than spin; existing
+                    // connections keep being served meanwhile.
+                    warn!(%error, "accept failed; backing off {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+            _ = &mut signal => break,
+        }
+    }
+    info!("shutting down: no longer accepting");
+    drop(listener);
+    gateway.begin_shutdown();
+    let grace = Duration::from_secs(gateway.config.server.shutdown_grace_secs);
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => info!("all connections closed"),
+        Err(_) => warn!(
+            open = gateway.stats.connections.load(Ordering::Relaxed),
+            "grace period over; closing the remaining connections"
+        ),
+    }
+}
+
+/// Serves one accepted connection on its own task, or refuses it when at the cap.
+fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    gateway: &Arc<Gateway>,
+    builder: &http1::Builder,
+    graceful: &GracefulShutdown,
+) {
+    let open = gateway.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let guard = ConnectionGuard(gateway.clone());
+    if open >= gateway.config.server.max_connections {
+        gateway.stats.refused.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(refuse(stream, guard));
+        return;
+    }
+    // Commands are tiny and latency is the point: do not let Nagle hold them back.
+    let _ = stream.set_nodelay(true);
+    let service_gateway = gateway.clone();
+    let connection = builder.serve_connection(
+        TokioIo::new(stream),
+        service_fn(move |request| service::handle(request, service_gateway.clone())),
+    );
+    let connection = graceful.watch(connection);
+    tokio::spawn(
+        async move {
+            if let Err(error) = connection.await {
+                debug!(%error, "connection ended with an error");
+            }
+            drop(guard);
+        }
+        .instrument(info_span!("conn", %peer)),
+    );
+}
+
+/// Answers 503 without reading the request and closes: cheap, so a flood cannot stall us.
+async fn refuse(mut stream: TcpStream, _guard: ConnectionGuard) {
+    let (status, body) = service::error_body(&ApiError::Overloaded);
+    let body = body.to_string();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}

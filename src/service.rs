@@ -1,0 +1,706 @@
+//! The HTTP API: routing, the handlers, and the one place errors become responses.
+//!
+//! Owner calls carry `Authorization: Bearer <token>`; device calls are Hawk-signed and every
+//! answer to a verified device request is signed back (`Server-Authorization`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::{Map, Value, json};
+use tracing::{debug, warn};
+
+use crate::device::{Device, Registration};
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::hawk_auth::{self, Signed};
+use crate::ids::{DeviceId, UserId};
+use crate::mailbox::Wake;
+use crate::protocol::{CommandSet, DeviceReport, ProtocolError};
+use crate::registry::Registered;
+
+/// The error type a request body may fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body type of every handler.
+pub type Body = Full<Bytes>;
+
+/// Longest device name, in characters.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest push URL, in bytes.
+pub const MAX_PUSH_URL_LEN: usize = 2048;
+/// Most events one events poll returns.
+pub const MAX_EVENTS_PER_POLL: usize = 500;
+
+/// Where a request goes. Pure: derived from the method and path alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    CreateAccount,
+    SignIn,
+    SignOut,
+    Register,
+    DeviceExchange(String),
+    ListDevices,
+    GetDevice(String),
+    RenameDevice(String),
+    ForgetDevice(String),
+    QueueCommand(String),
+    Events(String),
+    Heartbeat,
+    LbHeartbeat,
+}
+
+// === Routing ===
+
+/// Maps a method and path to a route; 404 for unknown paths, 405 for a wrong method.
+pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let is = |m: &Method| method == m;
+    let wrong = |allow: &'static str| Err(ApiError::MethodNotAllowed { allow });
+    match segments.as_slice() {
+        ["1", "accounts"] => if is(&Method::POST) { Ok(Route::CreateAccount) } else { wrong("POST") },
+        ["1", "session"] => match *method {
+            Method::POST => Ok(Route::SignIn),
+            Method::DELETE => Ok(Route::SignOut),
+            _ => wrong("POST, DELETE"),
+        },
+        ["1", "register"] => if is(&Method::POST) { Ok(Route::Register) } else { wrong("POST") },
+        ["1", "cmd", id] if !id.is_empty() => {
+            if is(&Method::POST) { Ok(Route::DeviceExchange((*id).to_owned())) } else { wrong("POST") }
+        }
+        ["1", "devices"] => if is(&Method::GET) { Ok(Route::ListDevices) } else { wrong("GET") },
+        ["1", "devices", id] if !id.is_empty() => {
+            let id = (*id).to_owned();
+            match *method {
+                Method::GET => Ok(Route::GetDevice(id)),
+                Method::PATCH => Ok(Route::RenameDevice(id)),
+                Method::DELETE => Ok(Route::ForgetDevice(id)),
+                _ => wrong("GET, PATCH, DELETE"),
+            }
+        }
+        ["1", "devices", id, "cmd"] if !id.is_empty() => {
+            if is(&Method::POST) { Ok(Route::QueueCommand((*id).to_owned())) } else { wrong("POST") }
+        }
+        ["1", "devices", id, "events"] if !id.is_empty() => {
+            if is(&Method::GET) { Ok(Route::Events((*id).to_owned())) } else { wrong("GET") }
+        }
+        ["__heartbeat__"] => if is(&Method::GET) { Ok(Route::Heartbeat) } else { wrong("GET") },
+        ["__lbheartbeat__"] => if is(&Method::GET) { Ok(Route::LbHeartbeat) } else { wrong("GET") },
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// Serves one request. Never fails: every error is turned into its JSON response here.
+pub async fn handle<B>(request: Request<B>, gateway: Arc<Gateway>) -> Result<Response<Body>, Infallible>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let response = match dispatch(request, &gateway).await {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    };
+    Ok(response)
+}
+
+async fn dispatch<B>(request: Request<B>, gateway: &Gateway) -> Result<Response<Body>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let route = route(request.method(), request.uri().path())?;
+    match route {
+        Route::DeviceExchange(id) => Ok(device_exchange(request, gateway, &id).await),
+        Route::Heartbeat => Ok(heartbeat(gateway)),
+        Route::LbHeartbeat => Ok(json_response(StatusCode::OK, &json!({}))),
+        Route::CreateAccount => {
+            let body = read_json(request, gateway).await?;
+            create_account(gateway, body).await
+        }
+        Route::SignIn => {
+            let body = read_json(request, gateway).await?;
+            sign_in(gateway, body).await
+        }
+        Route::SignOut => {
+            let token = bearer(request.headers())?;
+            gateway.accounts.authenticate(token)?;
+            gateway.accounts.revoke(token);
+            Ok(empty_response(StatusCode::NO_CONTENT))
+        }
+        Route::Register => {
+            let user = owner(request.headers(), gateway)?;
+            let body = read_json(request, gateway).await?;
+            register(gateway, user, body)
+        }
+        Route::ListDevices => {
+            let user = owner(request.headers(), gateway)?;
+            let limits = &gateway.config.devices;
+            let devices: Vec<Value> = gateway
+                .registry
+                .list(user)
+                .iter()
+                .map(|d| d.summary(limits))
+                .collect();
+            Ok(json_response(StatusCode::OK, &json!({ "devices": devices })))
+        }
+        Route::GetDevice(id) => {
+            let user = owner(request.headers(), gateway)?;
+            let device = gateway.registry.owned(user, &id)?;
+            Ok(json_response(StatusCode::OK, &device.detail(&gateway.config.devices)))
+        }
+        Route::RenameDevice(id) => {
+            let user = owner(request.headers(), gateway)?;
+            let device = gateway.registry.owned(user, &id)?;
+            let mut body = read_json(request, gateway).await?;
+            only_fields(&body, &["name"])?;
+            let name = take_name(&mut body)?.ok_or_else(|| field_error("name", "is required"))?;
+            device.rename(name, &gateway.config.devices);
+            Ok(json_response(StatusCode::OK, &device.summary(&gateway.config.devices)))
+        }
+        Route::ForgetDevice(id) => {
+            let user = owner(request.headers(), gateway)?;
+            let device = gateway.registry.owned(user, &id)?;
+            gateway.registry.remove(user, device.id)?;
+            Ok(empty_response(StatusCode::NO_CONTENT))
+        }
+        Route::QueueCommand(id) => {
+            let user = owner(request.headers(), gateway)?;
+            let device = gateway.registry.owned(user, &id)?;
+            let body = read_body(request, gateway).await?;
+            let commands = CommandSet::from_slice(&body)?;
+            let wire = commands.to_json();
+            let queued = device.queue(commands, &gateway.config.devices);
+            let parked = device.mailbox.notify();
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                &json!({ "queued": queued.commands, "command": wire, "parked": parked }),
+            ))
+        }
+        Route::Events(id) => {
+            let user = owner(request.headers(), gateway)?;
+            let device = gateway.registry.owned(user, &id)?;
+            let query = request.uri().query().unwrap_or("").to_owned();
+            drop(request);
+            events(gateway, device, &query).await
+        }
+    }
+}
+
+// === Accounts ===
+
+async fn create_account(gateway: &Gateway, mut body: Map<String, Value>) -> Result<Response<Body>, ApiError> {
+    if !gateway.config.accounts.signup {
+        return Err(ApiError::SignupClosed);
+    }
+    only_fields(&body, &["email", "password"])?;
+    let email = take_string(&mut body, "email")?.ok_or_else(|| field_error("email", "is required"))?;
+    let password =
+        take_string(&mut body, "password")?.ok_or_else(|| field_error("password", "is required"))?;
+    let user = gateway.accounts.create(&email, &password).await?;
+    Ok(json_response(StatusCode::CREATED, &json!({ "userid": user })))
+}
+
+async fn sign_in(gateway: &Gateway, mut body: Map<String, Value>) -> Result<Response<Body>, ApiError> {
+    only_fields(&body, &["email", "password"])?;
+    let email = take_string(&mut body, "email")?.ok_or_else(|| field_error("email", "is required"))?;
+    let password =
+        take_string(&mut body, "password")?.ok_or_else(|| field_error("password", "is required"))?;
+    let issued = gateway.accounts.sign_in(&email, &password).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "token": issued.token, "userid": issued.user }),
+    ))
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(ApiError::MissingBearer)?
+        .to_str()
+        .map_err(|_| ApiError::InvalidToken)?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .ok_or(ApiError::MissingBearer)?
+        .trim();
+    if token.is_empty() {
+        return Err(ApiError::MissingBearer);
+    }
+    Ok(token)
+}
+
+fn owner(headers: &HeaderMap, gateway: &Gateway) -> Result<UserId, ApiError> {
+    gateway.accounts.authenticate(bearer(headers)?)
+}
+
+// === Registration ===
+
+fn register(gateway: &Gateway, user: UserId, mut body: Map<String, Value>) -> Result<Response<Body>, ApiError> {
+    only_fields(&body, &["userid", "pushurl", "deviceid", "secret", "name", "has_passcode"])?;
+    if let Some(claimed) = take_string(&mut body, "userid")? {
+        if claimed != user.to_string() {
+            return Err(ApiError::WrongUser);
+        }
+    }
+    let secret = take_string(&mut body, "secret")?.ok_or_else(|| field_error("secret", "is required"))?;
+    hawk_auth::check_secret(&secret).map_err(ApiError::WeakSecret)?;
+    let push_url =
+        take_string(&mut body, "pushurl")?.ok_or_else(|| field_error("pushurl", "is required"))?;
+    check_push_url(&push_url)?;
+    // An id we do not know (or that is not this user's) is ignored, as the seed says: the
+    // device gets a fresh id and nothing of any other device's data.
+    let known = take_string(&mut body, "deviceid")?.and_then(|id| id.parse::<DeviceId>().ok());
+    let name = take_name(&mut body)?;
+    let has_passcode = match body.remove("has_passcode") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(b),
+        Some(_) => return Err(field_error("has_passcode", "must be true or false")),
+    };
+    let registration = Registration {
+        secret,
+        push_url,
+        name,
+    };
+    let outcome = gateway
+        .registry
+        .register(user, known, registration, &gateway.config.devices)?;
+    let id = match outcome {
+        Registered::New(id) | Registered::Renewed(id) => id,
+    };
+    if let (Some(lockable), Some(device)) = (has_passcode, gateway.registry.get(&id)) {
+        device.apply_report(
+            &DeviceReport {
+                has_passcode: Some(lockable),
+                ..DeviceReport::default()
+            },
+            &gateway.config.devices,
+        );
+    }
+    debug!(device = %id, renewed = matches!(outcome, Registered::Renewed(_)), "device registered");
+    Ok(json_response(StatusCode::OK, &json!({ "id": id })))
+}
+
+fn check_push_url(url: &str) -> Result<(), ApiError> {
+    let bad = |reason: &str| field_error("pushurl", reason);
+    if url.len() > MAX_PUSH_URL_LEN {
+        return Err(bad("is too long"));
+    }
+    let uri: http::Uri = url.parse().map_err(|_| bad("must be an absolute http or https URL"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(()),
+        _ => Err(bad("must be an absolute http or https URL")),
+    }
+}
+
+// === The device channel ===
+
+/// `POST /1/cmd/{id}`: a device reports, then receives what is pending or parks until
+/// something is queued, the wait ends, a newer poll arrives, or the server stops.
+///
+/// Cancel safety: if the client goes away the future is dropped, which deregisters the parked
+/// poll; queued commands stay in the outbox for the next poll.
+async fn device_exchange<B>(request: Request<B>, gateway: &Gateway, id: &str) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let config = &gateway.config;
+    let (parts, body) = request.into_parts();
+    let verified = async {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(ApiError::HawkHeader("no Authorization header"))?
+            .to_str()
+            .map_err(|_| ApiError::HawkHeader("not ASCII"))?;
+        let hawk_header = hawk_auth::parse_authorization(authorization)?;
+        if hawk_header.id.as_deref() != Some(id) {
+            return Err(ApiError::HawkHeader("the credential id must be the device id in the path"));
+        }
+        let device = id
+            .parse::<DeviceId>()
+            .ok()
+            .and_then(|id| gateway.registry.get(&id))
+            .ok_or(ApiError::UnknownDevice)?;
+        let key = device.key().ok_or(ApiError::UnknownDevice)?;
+        let body = collect_body(body, &parts.headers, config.server.max_body_bytes).await?;
+        let (host, port) = authority(&parts)?;
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let signed = Signed {
+            method: parts.method.as_str(),
+            host: &host,
+            port,
+            path: &path,
+        };
+        let now = SystemTime::now();
+        let skew = Duration::from_secs(config.hawk.skew_secs);
+        hawk_auth::verify(&hawk_header, &key.0, &signed, content_type, &body, skew, now)?;
+        let ts = hawk_auth::unix_secs(hawk_header.ts.unwrap_or(now));
+        let nonce = hawk_header.nonce.as_deref().unwrap_or("");
+        let window = 2 * config.hawk.skew_secs;
+        if !device.check_nonce(ts, nonce, hawk_auth::unix_secs(now), window, config.hawk.nonces_per_device) {
+            return Err(ApiError::HawkReplay);
+        }
+        Ok((device, key, hawk_header, host, port, path, body))
+    }
+    .await;
+    let (device, key, hawk_header, host, port, path, body) = match verified {
+        Ok(parts) => parts,
+        Err(error) => {
+            debug!(device = id, %error, "device request refused");
+            return error_response(&error);
+        }
+    };
+    let method = parts.method.clone();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    // Only what the answer needs is kept past this point: the request head and body go.
+    drop(parts);
+    let sign = |mut response: Response<Body>, bytes: &[u8]| {
+        let signed = Signed {
+            method: method.as_str(),
+            host: &host,
+            port,
+            path: &path,
+        };
+        let value = hawk_auth::sign_response(&hawk_header, &key.0, &signed, bytes);
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert("server-authorization", value);
+        }
+        response
+    };
+    let answer = |status: StatusCode, value: &Value| {
+        let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+        sign(bytes_response(status, Bytes::from(bytes.clone())), &bytes)
+    };
+    let fail = |error: &ApiError| {
+        let (status, value) = error_body(error);
+        answer(status, &value)
+    };
+
+    let report = match DeviceReport::from_slice(&body) {
+        Ok(report) => report,
+        Err(error) => return fail(&ApiError::from(error)),
+    };
+    drop(body);
+    let wait = match wait_param(&query, config.poll.wait_secs) {
+        Ok(wait) => wait,
+        Err(error) => return fail(&error),
+    };
+    let limits = &config.devices;
+    device.apply_report(&report, limits);
+
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut shutdown = gateway.shutdown_handle();
+    let mut woken = false;
+    loop {
+        if device.is_removed() {
+            return fail(&ApiError::UnknownDevice);
+        }
+        if let Some(delivery) = device.take_delivery(woken, limits) {
+            return answer(StatusCode::OK, &delivery.body);
+        }
+        if wait.is_zero() || gateway.is_shutting_down() {
+            return answer(StatusCode::OK, &json!({}));
+        }
+        let parked = device.mailbox.park();
+        let _counted = gateway.park_guard();
+        tokio::select! {
+            wake = parked => match wake {
+                Wake::Notified => woken = true,
+                Wake::Superseded => return answer(StatusCode::OK, &json!({})),
+            },
+            _ = tokio::time::sleep_until(deadline) => return answer(StatusCode::OK, &json!({})),
+            _ = shutdown.wait() => return answer(StatusCode::OK, &json!({})),
+        }
+    }
+}
+
+/// The host and port the device signed: those of the `Host` header.
+fn authority(parts: &http::request::Parts) -> Result<(String, u16), ApiError> {
+    let raw = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .ok_or(ApiError::HawkHeader("no Host header to check the signature against"))?;
+    let authority: http::uri::Authority =
+        raw.parse().map_err(|_| ApiError::HawkHeader("the Host header is malformed"))?;
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    Ok((host, authority.port_u16().unwrap_or(80)))
+}
+
+fn wait_param(query: &str, max_secs: u64) -> Result<Duration, ApiError> {
+    match query_param(query, "wait") {
+        None => Ok(Duration::from_secs(max_secs)),
+        Some(raw) => raw
+            .parse::<u64>()
+            .map(|secs| Duration::from_secs(secs.min(max_secs)))
+            .map_err(|_| field_error("wait", "must be a whole number of seconds")),
+    }
+}
+
+fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+// === Owner events ===
+
+/// `GET /1/devices/{id}/events?since=N&wait=S`: a long poll of what happened to a device.
+///
+/// Cancel safety: dropping it only drops a `Notified` registration.
+async fn events(gateway: &Gateway, device: Arc<Device>, query: &str) -> Result<Response<Body>, ApiError> {
+    let since = match query_param(query, "since") {
+        None => 0,
+        Some(raw) => raw
+            .parse::<u64>()
+            .map_err(|_| field_error("since", "must be a whole, non-negative event number"))?,
+    };
+    let limit = match query_param(query, "limit") {
+        None => MAX_EVENTS_PER_POLL,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_EVENTS_PER_POLL).contains(&n) => n,
+            _ => return Err(field_error("limit", "must be from 1 to 500")),
+        },
+    };
+    let wait = match query_param(query, "wait") {
+        None => Duration::ZERO,
+        Some(_) => wait_param(query, gateway.config.poll.wait_secs)?,
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut shutdown = gateway.shutdown_handle();
+    loop {
+        // Registered before reading, so an event appended in between still wakes us.
+        let notified = device.events_changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if device.is_removed() {
+            return Err(ApiError::NotFound);
+        }
+        let (events, next, truncated) = device.events_since(since, limit);
+        if !events.is_empty() || wait.is_zero() || gateway.is_shutting_down() {
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({ "events": events, "next": next, "truncated": truncated }),
+            ));
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "events": [], "next": next, "truncated": truncated }),
+                ));
+            }
+            _ = shutdown.wait() => {}
+        }
+    }
+}
+
+// === Operations ===
+
+fn heartbeat(gateway: &Gateway) -> Response<Body> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let status = if gateway.is_shutting_down() { "stopping" } else { "ok" };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status": status,
+            "version": env!("CARGO_PKG_VERSION"),
+            "devices": gateway.registry.len(),
+            "parked": gateway.stats.parked.load(Relaxed),
+            "connections": gateway.stats.connections.load(Relaxed),
+        }),
+    )
+}
+
+// === Request bodies ===
+
+async fn read_body<B>(request: Request<B>, gateway: &Gateway) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+        let mime = content_type.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+    }
+    collect_body(body, &parts.headers, gateway.config.server.max_body_bytes).await
+}
+
+async fn read_json<B>(request: Request<B>, gateway: &Gateway) -> Result<Map<String, Value>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let body = read_body(request, gateway).await?;
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::InvalidJson("the body must be a JSON object".into())),
+        Err(e) => Err(ApiError::InvalidJson(format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+/// Reads a whole body, refusing (413) one that declares or reaches more than `limit` bytes.
+async fn collect_body<B>(body: B, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge { limit }),
+        Err(e) => Err(ApiError::InvalidJson(format!("the body could not be read: {e}"))),
+    }
+}
+
+fn only_fields(body: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
+    match body.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(field_error(
+            unknown,
+            &format!("unknown field (expected {})", allowed.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn take_string(body: &mut Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match body.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(field_error(field, "must be a string")),
+    }
+}
+
+fn take_name(body: &mut Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let Some(name) = take_string(body, "name")? else { return Ok(None) };
+    let name = name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(field_error(
+            "name",
+            &format!("must be 1 to {MAX_NAME_LEN} characters, without control characters"),
+        ));
+    }
+    Ok(Some(name))
+}
+
+fn field_error(field: &str, reason: &str) -> ApiError {
+    ApiError::InvalidField(ProtocolError {
+        field: field.to_owned(),
+        reason: reason.to_owned(),
+    })
+}
+
+// === Responses ===
+
+/// The status and JSON body for an error: the only place errors are turned into responses.
+pub fn error_body(error: &ApiError) -> (StatusCode, Value) {
+    if let ApiError::Internal(detail) = error {
+        warn!(%detail, "internal error");
+    }
+    let status = error.status();
+    let body = json!({
+        "code": status.as_u16(),
+        "errno": error.errno(),
+        "error": status.canonical_reason().unwrap_or("Error"),
+        "message": error.public_message(),
+    });
+    (status, body)
+}
+
+/// An error as a complete response, with the headers its status calls for.
+pub fn error_response(error: &ApiError) -> Response<Body> {
+    let (status, body) = error_body(error);
+    let mut response = json_response(status, &body);
+    let headers = response.headers_mut();
+    match error {
+        ApiError::HawkStale { now, tsm, .. } => {
+            if let Ok(v) = HeaderValue::from_str(&hawk_auth::stale_challenge(*now, tsm)) {
+                headers.insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        ApiError::HawkHeader(_) | ApiError::HawkMac | ApiError::HawkReplay | ApiError::UnknownDevice => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Hawk"));
+        }
+        ApiError::MissingBearer | ApiError::InvalidToken => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        ApiError::MethodNotAllowed { allow } => {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        ApiError::Overloaded | ApiError::ShuttingDown | ApiError::TooMany => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
+    response
+}
+
+pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    bytes_response(status, Bytes::from(bytes))
+}
+
+fn bytes_response(status: StatusCode, bytes: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(bytes));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+fn empty_response(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route(&Method::POST, "/1/cmd/abc").unwrap(), Route::DeviceExchange("abc".into()));
+        assert_eq!(route(&Method::GET, "/1/devices/x/events").unwrap(), Route::Events("x".into()));
+        assert!(matches!(route(&Method::GET, "/1/cmd/abc"), Err(ApiError::MethodNotAllowed { .. })));
+        assert!(matches!(route(&Method::GET, "/1/cmd/"), Err(ApiError::NotFound)));
+        assert!(matches!(route(&Method::GET, "/nope"), Err(ApiError::NotFound)));
+        assert!(matches!(route(&Method::GET, "/1/devices/a/b/c"), Err(ApiError::NotFound)));
+    }
+
+    #[test]
+    fn query_params() {
+        assert_eq!(query_param("wait=5&since=3", "since"), Some("3"));
+        assert_eq!(query_param("wait", "wait"), Some(""));
+        assert_eq!(query_param("", "wait"), None);
+        assert!(wait_param("wait=abc", 50).is_err());
+        assert_eq!(wait_param("wait=500", 50).unwrap(), Duration::from_secs(50));
+    }
+}
