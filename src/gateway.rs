@@ -60,6 +60,12 @@ impl Gateway {
         })
     }
 
+    /// Prepares the data directory and builds the gateway over it.
+    pub fn open(config: Config) -> std::io::Result<Arc<Gateway>> {
+        create_private_dir(&config.server.data_dir)?;
+        Ok(Gateway::new(config))
+    }
+
     pub fn shutdown_handle(&self) -> Shutdown {
         Shutdown(self.shutdown.subscribe())
     }
@@ -104,6 +110,17 @@ impl Gateway {
         });
         self.accounts.purge_expired();
     }
+}
+
+/// Creates a directory (and its parents) readable by the server's user only.
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %path.display(), "the data directory is readable by other users");
+    }
+    Ok(())
 }
 
 // === ParkedGuard ===

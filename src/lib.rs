@@ -22,8 +22,10 @@
 //! - [`gateway`]: shared state, counters, the shutdown signal, background maintenance.
 //! - [`client`]: a device client (signing, verifying, the poll loop) used by tests and tools.
 //! - [`config`]: settings and their validation.
+//! - [`admin`]: the operator's admin socket (`wheresmyfox user add`).
 
 pub mod accounts;
+pub mod admin;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -1,1 +1,187 @@
-fn main() {}
+//! The `wheresmyfox` binary: command line → config → tracing → bind → `server::run`.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tikv_jemallocator::Jemalloc;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use wheresmyfox::{Config, Gateway, server};
+
+// jemalloc returns the memory of idle parked connections to the system far better than
+// glibc's malloc (6.9 KB against 14.6 KB per parked poll, measured in docs/PERFORMANCE.md).
+#[global_allocator]
+static GLOBAL: Jemalloc = Jemalloc;
+
+/// Find, ring, lock and wipe lost phones in real time: the Where's My Fox gateway.
+///
+/// With no subcommand, `serve` runs with the embedded defaults: listening on 127.0.0.1:8080,
+/// keeping data in ./data.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve(ServeArgs),
+    /// Manage owner accounts (for servers with sign-up closed).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an account. The password is read from standard input.
+    Add {
+        /// The owner's email address.
+        email: String,
+        /// Read the password from standard input (the only way: it never appears in `ps`).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+struct CommonArgs {
+    /// A TOML config file; every key is documented in config/wheresmyfox.toml.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where state is kept (overrides server.data_dir).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Address to listen on, e.g. 127.0.0.1:8080 or [::]:8080 (overrides server.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::User {
+            command:
+                UserCommand::Add {
+                    email,
+                    password_stdin: _,
+                    common,
+                },
+        }) => user_add(&email, common),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wheresmyfox: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(common: &CommonArgs) -> anyhow::Result<Config> {
+    let mut config = match &common.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = &common.data_dir {
+        config.server.data_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = load_config(&args.common)?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    init_tracing(&config);
+    runtime()?.block_on(async move {
+        let listen = config.server.listen;
+        let gateway = Gateway::open(config)?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        info!(
+            addr = %listener.local_addr()?,
+            data_dir = %gateway.config.server.data_dir.display(),
+            "wheresmyfox {} listening",
+            env!("CARGO_PKG_VERSION")
+        );
+        server::run(listener, gateway, stop_signal()).await;
+        info!("stopped");
+        Ok(())
+    })
+}
+
+fn user_add(email: &str, common: CommonArgs) -> anyhow::Result<()> {
+    let config = load_config(&common)?;
+    let mut password = String::new();
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .context("cannot read the password from standard input")?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        bail!("no password on standard input");
+    }
+    runtime()?.block_on(async move {
+        let userid = wheresmyfox::admin::add_user(&config, email, password).await?;
+        println!("{userid}");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM (how service managers stop us) or SIGINT (Ctrl-C in a terminal).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = terminate.recv() => info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -31,6 +31,12 @@ struct ConnectionGuard(Arc<Gateway>);
 /// Runs the gateway on `listener` until `signal` resolves, then shuts down in phases.
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, signal: impl Future<Output = ()>) {
     let _maintenance = gateway.start_maintenance();
+    match crate::admin::bind(&gateway.config.server.data_dir) {
+        Ok(admin) => {
+            tokio::spawn(crate::admin::serve(admin, gateway.clone(), gateway.shutdown_handle()));
+        }
+        Err(error) => warn!(%error, "admin socket unavailable; `wheresmyfox user add` will not reach this server"),
+    }
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder

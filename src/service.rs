@@ -415,6 +415,7 @@ where
         tokio::select! {
             wake = parked => match wake {
                 Wake::Notified => woken = true,
+                Wake::Superseded if device.is_removed() => return fail(&ApiError::UnknownDevice),
                 Wake::Superseded => return answer(StatusCode::OK, &json!({})),
             },
             _ = tokio::time::sleep_until(deadline) => return answer(StatusCode::OK, &json!({})),

@@ -1,0 +1,131 @@
+//! Test support: the real gateway on a loopback port, stopped on drop.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use wheresmyfox::client::{DeviceClient, HttpClient, OwnerClient};
+use wheresmyfox::{Config, Gateway, server};
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A running gateway on `127.0.0.1:0` with a private data directory.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// Starts with the test defaults adjusted by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::for_test(dir.path());
+        adjust(&mut config);
+        config.validate().expect("test config is valid");
+        let listener = tokio::net::TcpListener::bind(config.server.listen).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let gateway = Gateway::open(config).expect("open gateway");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(listener, gateway.clone(), async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            gateway,
+            stop: Some(stop),
+            task: Some(task),
+            dir,
+        }
+    }
+
+    /// Signals shutdown and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub fn http(&self) -> HttpClient {
+        HttpClient::new(self.addr)
+    }
+
+    /// A new owner with a unique email.
+    pub async fn owner(&self, name: &str) -> OwnerClient {
+        OwnerClient::sign_up(self.addr, &format!("{name}@example.com"), PASSWORD)
+            .await
+            .expect("sign up")
+    }
+
+    /// A new owner with one registered device.
+    pub async fn owner_and_device(&self, name: &str) -> (OwnerClient, DeviceClient) {
+        let mut owner = self.owner(name).await;
+        let device = owner.register_device(&format!("{name}'s phone")).await.expect("register");
+        (owner, device)
+    }
+
+    pub fn parked(&self) -> usize {
+        self.gateway.stats.parked.load(Ordering::Relaxed)
+    }
+
+    /// Waits (yielding to the runtime) until `n` polls are parked.
+    pub async fn until_parked(&self, n: usize) {
+        for _ in 0..2000 {
+            if self.parked() == n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        panic!("expected {n} parked polls, have {}", self.parked());
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Asserts an error answer: status, errno, and that the message mentions `needle`.
+pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_errno: u64, needle: &str) {
+    assert_eq!(status.as_u16(), want_status, "status; body {body}");
+    assert_eq!(body["code"].as_u64(), Some(want_status as u64), "code in {body}");
+    assert_eq!(body["errno"].as_u64(), Some(want_errno), "errno in {body}");
+    assert!(body["error"].is_string(), "error in {body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "message {message:?} should mention {needle:?}");
+}
+
+/// `GET /1/devices/{id}` as the owner.
+pub async fn device_view(owner: &mut OwnerClient, id: &str) -> Value {
+    let (status, body) = owner.call(Method::GET, &format!("/1/devices/{id}"), None).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
