@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
@@ -73,7 +73,9 @@ impl Accounts {
             users: DashMap::new(),
             tokens: DashMap::new(),
             token_ttl_ms: token_ttl_hours.saturating_mul(3_600_000),
-            decoy_hash: Arc::new(hash_password("decoy password, never matches").unwrap_or_default()),
+            decoy_hash: Arc::new(
+                hash_password("decoy password, never matches").unwrap_or_default(),
+            ),
         }
     }
 
@@ -147,7 +149,11 @@ impl Accounts {
     /// The user a bearer token belongs to, if it is known and unexpired.
     pub fn authenticate(&self, token: &str) -> Result<UserId, ApiError> {
         let digest = token_digest(token);
-        let session = self.tokens.get(&digest).map(|s| *s).ok_or(ApiError::InvalidToken)?;
+        let session = self
+            .tokens
+            .get(&digest)
+            .map(|s| *s)
+            .ok_or(ApiError::InvalidToken)?;
         if session.expires_ms <= now_ms() {
             self.tokens.remove(&digest);
             return Err(ApiError::InvalidToken);
@@ -227,6 +233,10 @@ fn hash_password(password: &str) -> Result<String, ApiError> {
 
 fn verify_password(password: &str, stored: &str) -> bool {
     PasswordHash::new(stored)
-        .map(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+        .map(|hash| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        })
         .unwrap_or(false)
 }

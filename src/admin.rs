@@ -88,7 +88,10 @@ async fn handle(
         let email = body["email"].as_str().unwrap_or_default();
         let password = body["password"].as_str().unwrap_or_default();
         let user = gateway.accounts.create(email, password).await?;
-        Ok(service::json_response(StatusCode::CREATED, &json!({ "userid": user })))
+        Ok(service::json_response(
+            StatusCode::CREATED,
+            &json!({ "userid": user }),
+        ))
     }
     .await;
     Ok(result.unwrap_or_else(|error| service::error_response(&error)))
@@ -114,12 +117,18 @@ pub async fn add_user(config: &Config, email: &str, password: &str) -> anyhow::R
         .header(http::header::HOST, "admin")
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))?;
-    let response = sender.send_request(request).await.context("admin request")?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("admin request")?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if status != StatusCode::CREATED {
-        bail!("{}", body["message"].as_str().unwrap_or("the server refused"));
+        bail!(
+            "{}",
+            body["message"].as_str().unwrap_or("the server refused")
+        );
     }
     Ok(body["userid"].as_str().unwrap_or_default().to_owned())
 }

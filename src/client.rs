@@ -141,7 +141,8 @@ impl HttpClient {
                 }
             };
             stream.set_nodelay(true)?;
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(async move {
                 let _ = connection.await;
             });
@@ -213,7 +214,9 @@ impl HttpClient {
             }
             None => Bytes::new(),
         };
-        let reply = self.send(method, path, &headers, bytes, Duration::from_secs(120)).await?;
+        let reply = self
+            .send(method, path, &headers, bytes, Duration::from_secs(120))
+            .await?;
         let value = if reply.body.is_empty() {
             Value::Null
         } else {
@@ -227,21 +230,39 @@ impl HttpClient {
 
 impl OwnerClient {
     /// Creates an account (if it does not exist yet) and signs in.
-    pub async fn sign_up(addr: SocketAddr, email: &str, password: &str) -> Result<OwnerClient, ClientError> {
+    pub async fn sign_up(
+        addr: SocketAddr,
+        email: &str,
+        password: &str,
+    ) -> Result<OwnerClient, ClientError> {
         let mut http = HttpClient::new(addr);
         let body = json!({ "email": email, "password": password });
-        let (status, answer) = http.json(Method::POST, "/1/accounts", None, Some(&body)).await?;
+        let (status, answer) = http
+            .json(Method::POST, "/1/accounts", None, Some(&body))
+            .await?;
         if status != StatusCode::CREATED && status != StatusCode::CONFLICT {
-            return Err(ClientError::Status { status, body: answer });
+            return Err(ClientError::Status {
+                status,
+                body: answer,
+            });
         }
         OwnerClient::sign_in_with(http, email, password).await
     }
 
-    pub async fn sign_in_with(mut http: HttpClient, email: &str, password: &str) -> Result<OwnerClient, ClientError> {
+    pub async fn sign_in_with(
+        mut http: HttpClient,
+        email: &str,
+        password: &str,
+    ) -> Result<OwnerClient, ClientError> {
         let body = json!({ "email": email, "password": password });
-        let (status, answer) = http.json(Method::POST, "/1/session", None, Some(&body)).await?;
+        let (status, answer) = http
+            .json(Method::POST, "/1/session", None, Some(&body))
+            .await?;
         if status != StatusCode::OK {
-            return Err(ClientError::Status { status, body: answer });
+            return Err(ClientError::Status {
+                status,
+                body: answer,
+            });
         }
         Ok(OwnerClient {
             http,
@@ -251,14 +272,23 @@ impl OwnerClient {
     }
 
     /// Any owner call: status and JSON body.
-    pub async fn call(&mut self, method: Method, path: &str, body: Option<&Value>) -> Result<(StatusCode, Value), ClientError> {
+    pub async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), ClientError> {
         self.http.json(method, path, Some(&self.token), body).await
     }
 
     /// Queues a command object for a device; the 202 body on success.
     pub async fn command(&mut self, device: &str, command: &Value) -> Result<Value, ClientError> {
         let (status, body) = self
-            .call(Method::POST, &format!("/1/devices/{device}/cmd"), Some(command))
+            .call(
+                Method::POST,
+                &format!("/1/devices/{device}/cmd"),
+                Some(command),
+            )
             .await?;
         if status != StatusCode::ACCEPTED {
             return Err(ClientError::Status { status, body });
@@ -276,7 +306,10 @@ impl OwnerClient {
         });
         let (status, answer) = self.call(Method::POST, "/1/register", Some(&body)).await?;
         if status != StatusCode::OK {
-            return Err(ClientError::Status { status, body: answer });
+            return Err(ClientError::Status {
+                status,
+                body: answer,
+            });
         }
         let id = answer["id"].as_str().unwrap_or_default().to_owned();
         let http = HttpClient::new(self.http.addr).with_host(&self.http.host, self.http.port);
@@ -335,7 +368,11 @@ impl DeviceClient {
     /// One exchange: sends `report`, returns the verified command object (`{}` when none).
     ///
     /// A stale-timestamp answer whose `tsm` verifies corrects the clock offset and retries once.
-    pub async fn exchange(&mut self, report: &Value, wait: Option<u64>) -> Result<Map<String, Value>, ClientError> {
+    pub async fn exchange(
+        &mut self,
+        report: &Value,
+        wait: Option<u64>,
+    ) -> Result<Map<String, Value>, ClientError> {
         let mut report = report.clone();
         if let (Some(ack), Some(object)) = (self.ack, report.as_object_mut()) {
             object.insert("ack".to_owned(), json!(ack));
@@ -359,7 +396,9 @@ impl DeviceClient {
                 });
             }
             let Value::Object(mut commands) = value else {
-                return Err(ClientError::BadSignature("the command object is not an object"));
+                return Err(ClientError::BadSignature(
+                    "the command object is not an object",
+                ));
             };
             if let Some(seq) = commands.remove("seq").and_then(|s| s.as_u64()) {
                 self.ack = Some(self.ack.unwrap_or(0).max(seq));
@@ -376,7 +415,9 @@ impl DeviceClient {
         };
         let (host, port) = (self.http.host.clone(), self.http.port);
         let hash = hawk_auth::payload_hash("application/json", body);
-        let request = RequestBuilder::new("POST", &host, port, &path).hash(&hash[..]).request();
+        let request = RequestBuilder::new("POST", &host, port, &path)
+            .hash(&hash[..])
+            .request();
         let header = self.sign(&request)?;
         let headers = [
             (header::AUTHORIZATION, format!("Hawk {header}")),
@@ -435,7 +476,12 @@ impl DeviceClient {
     /// (`{"r":{"ok":true}}`). Transient failures back off exponentially (with jitter) from
     /// 250 ms to 60 s; an unknown-device answer ends the loop, since the device must register
     /// again.
-    pub async fn run<F>(&mut self, wait: u64, mut act: F, stop: impl std::future::Future<Output = ()>) -> Result<(), ClientError>
+    pub async fn run<F>(
+        &mut self,
+        wait: u64,
+        mut act: F,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ClientError>
     where
         F: FnMut(&Map<String, Value>) -> Map<String, Value>,
     {
@@ -453,7 +499,11 @@ impl DeviceClient {
             match result {
                 Ok(commands) => {
                     backoff = Duration::from_millis(250);
-                    replies = if commands.is_empty() { Map::new() } else { act(&commands) };
+                    replies = if commands.is_empty() {
+                        Map::new()
+                    } else {
+                        act(&commands)
+                    };
                 }
                 Err(ClientError::Status { status, body }) if status == StatusCode::UNAUTHORIZED => {
                     return Err(ClientError::Status { status, body });
@@ -486,7 +536,9 @@ fn verify_answer(
     let server_header: Header = value
         .strip_prefix("Hawk ")
         .and_then(|rest| rest.parse().ok())
-        .ok_or(ClientError::BadSignature("Server-Authorization cannot be parsed"))?;
+        .ok_or(ClientError::BadSignature(
+            "Server-Authorization cannot be parsed",
+        ))?;
     let content_type = reply
         .headers
         .get(header::CONTENT_TYPE)
@@ -501,7 +553,9 @@ fn verify_answer(
     if valid {
         Ok(())
     } else {
-        Err(ClientError::BadSignature("the MAC or payload hash does not match"))
+        Err(ClientError::BadSignature(
+            "the MAC or payload hash does not match",
+        ))
     }
 }
 
@@ -511,7 +565,9 @@ fn parse_challenge(value: &str) -> Option<(u64, String)> {
     let mut ts = None;
     let mut tsm = None;
     for part in rest.split(',') {
-        let Some((key, value)) = part.trim().split_once('=') else { continue };
+        let Some((key, value)) = part.trim().split_once('=') else {
+            continue;
+        };
         let value = value.trim_matches('"');
         match key {
             "ts" => ts = value.parse().ok(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// The whole configuration. `Config::default()` is the embedded default `cargo run` uses.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -105,19 +105,6 @@ pub enum ConfigError {
 }
 
 // === Defaults ===
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            poll: PollConfig::default(),
-            accounts: AccountsConfig::default(),
-            devices: DevicesConfig::default(),
-            hawk: HawkConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -223,7 +210,11 @@ impl Config {
                 })
             }
         }
-        check(self.server.max_connections >= 1, "server.max_connections", "must be at least 1")?;
+        check(
+            self.server.max_connections >= 1,
+            "server.max_connections",
+            "must be at least 1",
+        )?;
         check(
             (1..=3600).contains(&self.server.header_read_timeout_secs),
             "server.header_read_timeout_secs",
@@ -239,7 +230,11 @@ impl Config {
             "server.shutdown_grace_secs",
             "must be at most 60",
         )?;
-        check((1..=3600).contains(&self.poll.wait_secs), "poll.wait_secs", "must be from 1 to 3600")?;
+        check(
+            (1..=3600).contains(&self.poll.wait_secs),
+            "poll.wait_secs",
+            "must be from 1 to 3600",
+        )?;
         check(
             self.poll.offline_after_secs > self.poll.wait_secs,
             "poll.offline_after_secs",
@@ -270,7 +265,11 @@ impl Config {
             "devices.events_kept",
             "must be from 1 to 100000",
         )?;
-        check((1..=3600).contains(&self.hawk.skew_secs), "hawk.skew_secs", "must be from 1 to 3600")?;
+        check(
+            (1..=3600).contains(&self.hawk.skew_secs),
+            "hawk.skew_secs",
+            "must be from 1 to 3600",
+        )?;
         check(
             (8..=100_000).contains(&self.hawk.nonces_per_device),
             "hawk.nonces_per_device",
@@ -313,7 +312,8 @@ mod tests {
         assert!(e.to_string().contains("max_body_bytes"), "{e}");
         let e = Config::from_toml("[poll]\nwiat_secs = 5\n").unwrap_err();
         assert!(e.to_string().contains("wiat_secs"), "{e}");
-        let e = Config::from_toml("[poll]\nwait_secs = 100\noffline_after_secs = 50\n").unwrap_err();
+        let e =
+            Config::from_toml("[poll]\nwait_secs = 100\noffline_after_secs = 50\n").unwrap_err();
         assert!(e.to_string().contains("poll.offline_after_secs"), "{e}");
         let e = Config::from_toml("[log]\nlevel = \"[[\"\n").unwrap_err();
         assert!(e.to_string().contains("log.level"), "{e}");

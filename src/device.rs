@@ -92,16 +92,35 @@ pub struct Event {
 pub enum EventKind {
     Registered,
     Reregistered,
-    Renamed { name: String },
-    CommandQueued { command: &'static str, seq: u64, args: Value },
+    Renamed {
+        name: String,
+    },
+    CommandQueued {
+        command: &'static str,
+        seq: u64,
+        args: Value,
+    },
     /// An unsent command replaced by a newer one of the same kind.
-    CommandReplaced { command: &'static str, seq: u64, by: u64 },
+    CommandReplaced {
+        command: &'static str,
+        seq: u64,
+        by: u64,
+    },
     /// A sent command replaced by a newer one; it is no longer sent.
-    CommandSuperseded { command: &'static str, seq: u64, by: u64 },
+    CommandSuperseded {
+        command: &'static str,
+        seq: u64,
+        by: u64,
+    },
     /// Commands written into a response (`parked`: to a poll that was waiting).
-    CommandSent { commands: Vec<SentRef>, parked: bool },
+    CommandSent {
+        commands: Vec<SentRef>,
+        parked: bool,
+    },
     /// Sequence/ack extension: the device confirmed receipt.
-    CommandDelivered { seqs: Vec<u64> },
+    CommandDelivered {
+        seqs: Vec<u64>,
+    },
     /// The device answered a command (or reported without one pending: `seq` null).
     CommandAcknowledged {
         command: &'static str,
@@ -110,7 +129,9 @@ pub enum EventKind {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    Position { fix: Fix },
+    Position {
+        fix: Fix,
+    },
     Online,
     Offline,
 }
@@ -383,10 +404,13 @@ impl Device {
                 s.apply_reply(*kind, outcome, now, limits);
             }
             if let Some(position) = report.position {
-                s.record_position(Fix {
-                    position,
-                    received_ms: now,
-                }, limits);
+                s.record_position(
+                    Fix {
+                        position,
+                        received_ms: now,
+                    },
+                    limits,
+                );
             }
         })
     }
@@ -537,7 +561,10 @@ impl DeviceState {
             true
         });
         if !delivered.is_empty() {
-            self.push_event(EventKind::CommandDelivered { seqs: delivered }, limits.events_kept);
+            self.push_event(
+                EventKind::CommandDelivered { seqs: delivered },
+                limits.events_kept,
+            );
         }
     }
 

@@ -34,7 +34,11 @@ pub enum ApiError {
     #[error("the Hawk MAC does not match the request")]
     HawkMac,
     #[error("stale timestamp: the clock differs from the server's by more than {skew_secs} s")]
-    HawkStale { skew_secs: u64, now: u64, tsm: String },
+    HawkStale {
+        skew_secs: u64,
+        now: u64,
+        tsm: String,
+    },
     #[error("this nonce was already used: sign each request with a fresh nonce")]
     HawkReplay,
     #[error("userid does not match the signed-in account")]
@@ -71,8 +75,14 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            MissingBearer | InvalidToken | BadCredentials | HawkHeader(_) | UnknownDevice
-            | HawkMac | HawkStale { .. } | HawkReplay => StatusCode::UNAUTHORIZED,
+            MissingBearer
+            | InvalidToken
+            | BadCredentials
+            | HawkHeader(_)
+            | UnknownDevice
+            | HawkMac
+            | HawkStale { .. }
+            | HawkReplay => StatusCode::UNAUTHORIZED,
             WrongUser | SignupClosed | DeviceLimit { .. } => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

@@ -94,7 +94,9 @@ impl Gateway {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Some(gateway) = gateway.upgrade() else { return };
+                let Some(gateway) = gateway.upgrade() else {
+                    return;
+                };
                 gateway.sweep();
             }
         }))
@@ -115,7 +117,10 @@ impl Gateway {
 /// Creates a directory (and its parents) readable by the server's user only.
 fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
     let mode = std::fs::metadata(path)?.permissions().mode();
     if mode & 0o077 != 0 {
         tracing::warn!(dir = %path.display(), "the data directory is readable by other users");

@@ -56,7 +56,8 @@ pub fn parse_authorization(value: &str) -> Result<Header, ApiError> {
         .strip_prefix("Hawk ")
         .ok_or(ApiError::HawkHeader("the scheme must be Hawk"))?;
     let header = Header::from_str(rest).map_err(|_| ApiError::HawkHeader("cannot parse it"))?;
-    if header.id.is_none() || header.ts.is_none() || header.nonce.is_none() || header.mac.is_none() {
+    if header.id.is_none() || header.ts.is_none() || header.nonce.is_none() || header.mac.is_none()
+    {
         return Err(ApiError::HawkHeader("id, ts, nonce and mac are required"));
     }
     if header.hash.is_none() {
@@ -133,7 +134,8 @@ pub fn stale_challenge(now: u64, tsm: &str) -> String {
 /// The `Server-Authorization` value for a response body of type `application/json`.
 pub fn sign_response(header: &Header, key: &Key, signed: &Signed<'_>, body: &[u8]) -> String {
     let hash = payload_hash("application/json", body);
-    let request = RequestBuilder::new(signed.method, signed.host, signed.port, signed.path).request();
+    let request =
+        RequestBuilder::new(signed.method, signed.host, signed.port, signed.path).request();
     let response_header = request
         .make_response_builder(header)
         .hash(&hash[..])
@@ -144,7 +146,9 @@ pub fn sign_response(header: &Header, key: &Key, signed: &Signed<'_>, body: &[u8
 }
 
 pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Refuses a device secret that carries under 128 bits.
@@ -160,7 +164,9 @@ pub fn check_secret(secret: &str) -> Result<(), String> {
         return Err(format!("secret: must be at most {MAX_LEN} characters"));
     }
     if let Some(bad) = secret.chars().find(|c| !(' '..='~').contains(c)) {
-        return Err(format!("secret: must be printable ASCII (hex or base64), not {bad:?}"));
+        return Err(format!(
+            "secret: must be printable ASCII (hex or base64), not {bad:?}"
+        ));
     }
     let hex = secret.bytes().all(|b| b.is_ascii_hexdigit());
     let bits_per_char = if hex { 4 } else { 6 };
@@ -183,7 +189,14 @@ pub fn check_secret(secret: &str) -> Result<(), String> {
 
 impl NonceCache {
     /// Records a nonce; `false` if it was seen before (or is at or below the floor).
-    pub fn check_and_insert(&mut self, ts: u64, nonce: &str, now: u64, window: u64, cap: usize) -> bool {
+    pub fn check_and_insert(
+        &mut self,
+        ts: u64,
+        nonce: &str,
+        now: u64,
+        window: u64,
+        cap: usize,
+    ) -> bool {
         let horizon = now.saturating_sub(window);
         while self.entries.front().is_some_and(|&(t, _)| t < horizon) {
             self.entries.pop_front();

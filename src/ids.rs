@@ -84,6 +84,10 @@ mod tests {
         let id = DeviceId::random();
         assert_eq!(id.to_string().parse::<DeviceId>(), Ok(id));
         assert!("xyz".parse::<DeviceId>().is_err());
-        assert!("0123456789abcdef0123456789abcdeg".parse::<DeviceId>().is_err());
+        assert!(
+            "0123456789abcdef0123456789abcdeg"
+                .parse::<DeviceId>()
+                .is_err()
+        );
     }
 }

@@ -91,7 +91,13 @@ pub struct ProtocolError {
 
 impl Kind {
     /// All kinds in canonical order.
-    pub const ALL: [Kind; 5] = [Kind::Lock, Kind::Message, Kind::Ring, Kind::Track, Kind::Erase];
+    pub const ALL: [Kind; 5] = [
+        Kind::Lock,
+        Kind::Message,
+        Kind::Ring,
+        Kind::Track,
+        Kind::Erase,
+    ];
 
     /// The one-letter wire key.
     pub fn key(self) -> &'static str {
@@ -326,7 +332,13 @@ fn validate_period_duration(key: &str, object: &Map<String, Value>) -> Result<()
     Ok(())
 }
 
-fn whole_seconds(key: &str, arg: &str, value: &Value, min: u64, max: u64) -> Result<u64, ProtocolError> {
+fn whole_seconds(
+    key: &str,
+    arg: &str,
+    value: &Value,
+    min: u64,
+    max: u64,
+) -> Result<u64, ProtocolError> {
     match value.as_u64() {
         Some(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(ProtocolError::new(
@@ -398,7 +410,12 @@ fn parse_reply(kind: Kind, entry: &Value) -> Result<(Outcome, Option<Position>),
     let error = match object.get("error") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(truncate(s, MAX_DEVICE_ERROR_LEN)),
-        Some(_) => return Err(ProtocolError::new(format!("{key}.error"), "must be a string")),
+        Some(_) => {
+            return Err(ProtocolError::new(
+                format!("{key}.error"),
+                "must be a string",
+            ));
+        }
     };
     let allowed: &[&str] = if kind == Kind::Track {
         &["ok", "error", "la", "lo", "ti", "al", "acc"]
@@ -420,22 +437,23 @@ fn parse_reply(kind: Kind, entry: &Value) -> Result<(Outcome, Option<Position>),
 }
 
 fn parse_position(object: &Map<String, Value>) -> Result<Position, ProtocolError> {
-    let number = |name: &str, min: f64, max: f64, required: bool| -> Result<Option<f64>, ProtocolError> {
-        match object.get(name) {
-            None if required => Err(ProtocolError::new(
-                format!("t.{name}"),
-                "is required in a successful track reply",
-            )),
-            None => Ok(None),
-            Some(v) => match v.as_f64() {
-                Some(n) if n.is_finite() && (min..=max).contains(&n) => Ok(Some(n)),
-                _ => Err(ProtocolError::new(
+    let number =
+        |name: &str, min: f64, max: f64, required: bool| -> Result<Option<f64>, ProtocolError> {
+            match object.get(name) {
+                None if required => Err(ProtocolError::new(
                     format!("t.{name}"),
-                    format!("must be a number from {min} to {max}"),
+                    "is required in a successful track reply",
                 )),
-            },
-        }
-    };
+                None => Ok(None),
+                Some(v) => match v.as_f64() {
+                    Some(n) if n.is_finite() && (min..=max).contains(&n) => Ok(Some(n)),
+                    _ => Err(ProtocolError::new(
+                        format!("t.{name}"),
+                        format!("must be a number from {min} to {max}"),
+                    )),
+                },
+            }
+        };
     let lat = number("la", -90.0, 90.0, true)?.unwrap_or_default();
     let lon = number("lo", -180.0, 180.0, true)?.unwrap_or_default();
     let alt = number("al", -20_000.0, 100_000.0, false)?;
@@ -445,7 +463,10 @@ fn parse_position(object: &Map<String, Value>) -> Result<Position, ProtocolError
         .ok_or_else(|| ProtocolError::new("t.ti", "is required in a successful track reply"))?
         .as_u64()
         .ok_or_else(|| {
-            ProtocolError::new("t.ti", "must be a whole number: Unix time in seconds or milliseconds")
+            ProtocolError::new(
+                "t.ti",
+                "must be a whole number: Unix time in seconds or milliseconds",
+            )
         })?;
     // The seed's example is in seconds; Firefox OS sent milliseconds (a Geolocation timestamp).
     // Both are accepted: anything below 10^11 (the year 5138 in seconds) is taken as seconds.
@@ -516,7 +537,10 @@ mod tests {
         assert_eq!(refused(json!({"t":{"p":"10","d":5}})), "t.p");
         assert_eq!(refused(json!({"t":{"d":5}})), "t.p");
         assert_eq!(refused(json!({"m":{"n":"call me","m":"x"}})), "m.n");
-        assert_eq!(refused(json!({"m":{"n":"12345678901234567890123456","m":"x"}})), "m.n");
+        assert_eq!(
+            refused(json!({"m":{"n":"12345678901234567890123456","m":"x"}})),
+            "m.n"
+        );
         assert_eq!(refused(json!({"m":{"m":""}})), "m.m");
         assert_eq!(refused(json!({"m":{"m":"caf\u{e9}"}})), "m.m");
         assert_eq!(refused(json!({"m":{"m":"a\nb"}})), "m.m");
@@ -539,12 +563,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(report.replies.len(), 3);
-        assert_eq!(report.replies[1].1.error.as_deref(), Some("no ringtone found"));
+        assert_eq!(
+            report.replies[1].1.error.as_deref(),
+            Some("no ringtone found")
+        );
         let position = report.position.unwrap();
         assert_eq!(position.time_ms, 1_234_567_890_000);
         assert_eq!(report.has_passcode, Some(true));
-        assert_eq!(DeviceReport::from_slice(b"").unwrap(), DeviceReport::default());
-        assert_eq!(DeviceReport::from_slice(b"{}").unwrap(), DeviceReport::default());
+        assert_eq!(
+            DeviceReport::from_slice(b"").unwrap(),
+            DeviceReport::default()
+        );
+        assert_eq!(
+            DeviceReport::from_slice(b"{}").unwrap(),
+            DeviceReport::default()
+        );
     }
 
     #[test]
@@ -559,7 +592,11 @@ mod tests {
             (br#"[]"#, ""),
             (br#"{"#, ""),
         ] {
-            assert_eq!(DeviceReport::from_slice(body).unwrap_err().field, field, "{body:?}");
+            assert_eq!(
+                DeviceReport::from_slice(body).unwrap_err().field,
+                field,
+                "{body:?}"
+            );
         }
     }
 }

@@ -92,7 +92,10 @@ impl Registry {
     pub fn remove(&self, owner: UserId, id: DeviceId) -> Result<(), ApiError> {
         {
             let mut owned = self.by_owner.get_mut(&owner).ok_or(ApiError::NotFound)?;
-            let at = owned.iter().position(|d| *d == id).ok_or(ApiError::NotFound)?;
+            let at = owned
+                .iter()
+                .position(|d| *d == id)
+                .ok_or(ApiError::NotFound)?;
             owned.remove(at);
         }
         if let Some((_, device)) = self.devices.remove(&id) {

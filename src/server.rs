@@ -17,9 +17,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -33,15 +33,23 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, signal: impl Futu
     let _maintenance = gateway.start_maintenance();
     match crate::admin::bind(&gateway.config.server.data_dir) {
         Ok(admin) => {
-            tokio::spawn(crate::admin::serve(admin, gateway.clone(), gateway.shutdown_handle()));
+            tokio::spawn(crate::admin::serve(
+                admin,
+                gateway.clone(),
+                gateway.shutdown_handle(),
+            ));
         }
-        Err(error) => warn!(%error, "admin socket unavailable; `wheresmyfox user add` will not reach this server"),
+        Err(error) => {
+            warn!(%error, "admin socket unavailable; `wheresmyfox user add` will not reach this server")
+        }
     }
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(gateway.config.server.header_read_timeout_secs))
+        .header_read_timeout(Duration::from_secs(
+            gateway.config.server.header_read_timeout_secs,
+        ))
         .keep_alive(gateway.config.server.keep_alive);
     tokio::pin!(signal);
     let mut backoff = Duration::from_millis(5);
@@ -110,8 +118,26 @@ fn serve(
     );
 }
 
-/// Answers 503 without reading the request and closes: cheap, so a flood cannot stall us.
+/// Answers 503 and closes, without parsing anything: cheap, so a flood cannot stall us.
+///
+/// The request head is read first (at most 8 KiB, at most one second) because an HTTP client
+/// that gets an answer before it has sent its request treats it as a broken connection
+/// rather than as the 503 it is.
 async fn refuse(mut stream: TcpStream, _guard: ConnectionGuard) {
+    let drain = async {
+        let mut head = [0u8; 8192];
+        let mut read = 0;
+        while read < head.len() {
+            match stream.read(&mut head[read..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+            if head[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     let (status, body) = service::error_body(&ApiError::Overloaded);
     let body = body.to_string();
     let head = format!(

@@ -62,17 +62,39 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     let is = |m: &Method| method == m;
     let wrong = |allow: &'static str| Err(ApiError::MethodNotAllowed { allow });
     match segments.as_slice() {
-        ["1", "accounts"] => if is(&Method::POST) { Ok(Route::CreateAccount) } else { wrong("POST") },
+        ["1", "accounts"] => {
+            if is(&Method::POST) {
+                Ok(Route::CreateAccount)
+            } else {
+                wrong("POST")
+            }
+        }
         ["1", "session"] => match *method {
             Method::POST => Ok(Route::SignIn),
             Method::DELETE => Ok(Route::SignOut),
             _ => wrong("POST, DELETE"),
         },
-        ["1", "register"] => if is(&Method::POST) { Ok(Route::Register) } else { wrong("POST") },
-        ["1", "cmd", id] if !id.is_empty() => {
-            if is(&Method::POST) { Ok(Route::DeviceExchange((*id).to_owned())) } else { wrong("POST") }
+        ["1", "register"] => {
+            if is(&Method::POST) {
+                Ok(Route::Register)
+            } else {
+                wrong("POST")
+            }
         }
-        ["1", "devices"] => if is(&Method::GET) { Ok(Route::ListDevices) } else { wrong("GET") },
+        ["1", "cmd", id] if !id.is_empty() => {
+            if is(&Method::POST) {
+                Ok(Route::DeviceExchange((*id).to_owned()))
+            } else {
+                wrong("POST")
+            }
+        }
+        ["1", "devices"] => {
+            if is(&Method::GET) {
+                Ok(Route::ListDevices)
+            } else {
+                wrong("GET")
+            }
+        }
         ["1", "devices", id] if !id.is_empty() => {
             let id = (*id).to_owned();
             match *method {
@@ -83,19 +105,42 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
             }
         }
         ["1", "devices", id, "cmd"] if !id.is_empty() => {
-            if is(&Method::POST) { Ok(Route::QueueCommand((*id).to_owned())) } else { wrong("POST") }
+            if is(&Method::POST) {
+                Ok(Route::QueueCommand((*id).to_owned()))
+            } else {
+                wrong("POST")
+            }
         }
         ["1", "devices", id, "events"] if !id.is_empty() => {
-            if is(&Method::GET) { Ok(Route::Events((*id).to_owned())) } else { wrong("GET") }
+            if is(&Method::GET) {
+                Ok(Route::Events((*id).to_owned()))
+            } else {
+                wrong("GET")
+            }
         }
-        ["__heartbeat__"] => if is(&Method::GET) { Ok(Route::Heartbeat) } else { wrong("GET") },
-        ["__lbheartbeat__"] => if is(&Method::GET) { Ok(Route::LbHeartbeat) } else { wrong("GET") },
+        ["__heartbeat__"] => {
+            if is(&Method::GET) {
+                Ok(Route::Heartbeat)
+            } else {
+                wrong("GET")
+            }
+        }
+        ["__lbheartbeat__"] => {
+            if is(&Method::GET) {
+                Ok(Route::LbHeartbeat)
+            } else {
+                wrong("GET")
+            }
+        }
         _ => Err(ApiError::NotFound),
     }
 }
 
 /// Serves one request. Never fails: every error is turned into its JSON response here.
-pub async fn handle<B>(request: Request<B>, gateway: Arc<Gateway>) -> Result<Response<Body>, Infallible>
+pub async fn handle<B>(
+    request: Request<B>,
+    gateway: Arc<Gateway>,
+) -> Result<Response<Body>, Infallible>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<BoxError>,
@@ -145,12 +190,18 @@ where
                 .iter()
                 .map(|d| d.summary(limits))
                 .collect();
-            Ok(json_response(StatusCode::OK, &json!({ "devices": devices })))
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({ "devices": devices }),
+            ))
         }
         Route::GetDevice(id) => {
             let user = owner(request.headers(), gateway)?;
             let device = gateway.registry.owned(user, &id)?;
-            Ok(json_response(StatusCode::OK, &device.detail(&gateway.config.devices)))
+            Ok(json_response(
+                StatusCode::OK,
+                &device.detail(&gateway.config.devices),
+            ))
         }
         Route::RenameDevice(id) => {
             let user = owner(request.headers(), gateway)?;
@@ -159,7 +210,10 @@ where
             only_fields(&body, &["name"])?;
             let name = take_name(&mut body)?.ok_or_else(|| field_error("name", "is required"))?;
             device.rename(name, &gateway.config.devices);
-            Ok(json_response(StatusCode::OK, &device.summary(&gateway.config.devices)))
+            Ok(json_response(
+                StatusCode::OK,
+                &device.summary(&gateway.config.devices),
+            ))
         }
         Route::ForgetDevice(id) => {
             let user = owner(request.headers(), gateway)?;
@@ -192,23 +246,34 @@ where
 
 // === Accounts ===
 
-async fn create_account(gateway: &Gateway, mut body: Map<String, Value>) -> Result<Response<Body>, ApiError> {
+async fn create_account(
+    gateway: &Gateway,
+    mut body: Map<String, Value>,
+) -> Result<Response<Body>, ApiError> {
     if !gateway.config.accounts.signup {
         return Err(ApiError::SignupClosed);
     }
     only_fields(&body, &["email", "password"])?;
-    let email = take_string(&mut body, "email")?.ok_or_else(|| field_error("email", "is required"))?;
-    let password =
-        take_string(&mut body, "password")?.ok_or_else(|| field_error("password", "is required"))?;
+    let email =
+        take_string(&mut body, "email")?.ok_or_else(|| field_error("email", "is required"))?;
+    let password = take_string(&mut body, "password")?
+        .ok_or_else(|| field_error("password", "is required"))?;
     let user = gateway.accounts.create(&email, &password).await?;
-    Ok(json_response(StatusCode::CREATED, &json!({ "userid": user })))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({ "userid": user }),
+    ))
 }
 
-async fn sign_in(gateway: &Gateway, mut body: Map<String, Value>) -> Result<Response<Body>, ApiError> {
+async fn sign_in(
+    gateway: &Gateway,
+    mut body: Map<String, Value>,
+) -> Result<Response<Body>, ApiError> {
     only_fields(&body, &["email", "password"])?;
-    let email = take_string(&mut body, "email")?.ok_or_else(|| field_error("email", "is required"))?;
-    let password =
-        take_string(&mut body, "password")?.ok_or_else(|| field_error("password", "is required"))?;
+    let email =
+        take_string(&mut body, "email")?.ok_or_else(|| field_error("email", "is required"))?;
+    let password = take_string(&mut body, "password")?
+        .ok_or_else(|| field_error("password", "is required"))?;
     let issued = gateway.accounts.sign_in(&email, &password).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -238,14 +303,29 @@ fn owner(headers: &HeaderMap, gateway: &Gateway) -> Result<UserId, ApiError> {
 
 // === Registration ===
 
-fn register(gateway: &Gateway, user: UserId, mut body: Map<String, Value>) -> Result<Response<Body>, ApiError> {
-    only_fields(&body, &["userid", "pushurl", "deviceid", "secret", "name", "has_passcode"])?;
+fn register(
+    gateway: &Gateway,
+    user: UserId,
+    mut body: Map<String, Value>,
+) -> Result<Response<Body>, ApiError> {
+    only_fields(
+        &body,
+        &[
+            "userid",
+            "pushurl",
+            "deviceid",
+            "secret",
+            "name",
+            "has_passcode",
+        ],
+    )?;
     if let Some(claimed) = take_string(&mut body, "userid")? {
         if claimed != user.to_string() {
             return Err(ApiError::WrongUser);
         }
     }
-    let secret = take_string(&mut body, "secret")?.ok_or_else(|| field_error("secret", "is required"))?;
+    let secret =
+        take_string(&mut body, "secret")?.ok_or_else(|| field_error("secret", "is required"))?;
     hawk_auth::check_secret(&secret).map_err(ApiError::WeakSecret)?;
     let push_url =
         take_string(&mut body, "pushurl")?.ok_or_else(|| field_error("pushurl", "is required"))?;
@@ -288,7 +368,9 @@ fn check_push_url(url: &str) -> Result<(), ApiError> {
     if url.len() > MAX_PUSH_URL_LEN {
         return Err(bad("is too long"));
     }
-    let uri: http::Uri = url.parse().map_err(|_| bad("must be an absolute http or https URL"))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| bad("must be an absolute http or https URL"))?;
     match (uri.scheme_str(), uri.authority()) {
         (Some("http" | "https"), Some(_)) => Ok(()),
         _ => Err(bad("must be an absolute http or https URL")),
@@ -318,7 +400,9 @@ where
             .map_err(|_| ApiError::HawkHeader("not ASCII"))?;
         let hawk_header = hawk_auth::parse_authorization(authorization)?;
         if hawk_header.id.as_deref() != Some(id) {
-            return Err(ApiError::HawkHeader("the credential id must be the device id in the path"));
+            return Err(ApiError::HawkHeader(
+                "the credential id must be the device id in the path",
+            ));
         }
         let device = id
             .parse::<DeviceId>()
@@ -328,7 +412,11 @@ where
         let key = device.key().ok_or(ApiError::UnknownDevice)?;
         let body = collect_body(body, &parts.headers, config.server.max_body_bytes).await?;
         let (host, port) = authority(&parts)?;
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
         let content_type = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -342,11 +430,25 @@ where
         };
         let now = SystemTime::now();
         let skew = Duration::from_secs(config.hawk.skew_secs);
-        hawk_auth::verify(&hawk_header, &key.0, &signed, content_type, &body, skew, now)?;
+        hawk_auth::verify(
+            &hawk_header,
+            &key.0,
+            &signed,
+            content_type,
+            &body,
+            skew,
+            now,
+        )?;
         let ts = hawk_auth::unix_secs(hawk_header.ts.unwrap_or(now));
         let nonce = hawk_header.nonce.as_deref().unwrap_or("");
         let window = 2 * config.hawk.skew_secs;
-        if !device.check_nonce(ts, nonce, hawk_auth::unix_secs(now), window, config.hawk.nonces_per_device) {
+        if !device.check_nonce(
+            ts,
+            nonce,
+            hawk_auth::unix_secs(now),
+            window,
+            config.hawk.nonces_per_device,
+        ) {
             return Err(ApiError::HawkReplay);
         }
         Ok((device, key, hawk_header, host, port, path, body))
@@ -431,10 +533,17 @@ fn authority(parts: &http::request::Parts) -> Result<(String, u16), ApiError> {
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-        .ok_or(ApiError::HawkHeader("no Host header to check the signature against"))?;
-    let authority: http::uri::Authority =
-        raw.parse().map_err(|_| ApiError::HawkHeader("the Host header is malformed"))?;
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        .ok_or(ApiError::HawkHeader(
+            "no Host header to check the signature against",
+        ))?;
+    let authority: http::uri::Authority = raw
+        .parse()
+        .map_err(|_| ApiError::HawkHeader("the Host header is malformed"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
     Ok((host, authority.port_u16().unwrap_or(80)))
 }
 
@@ -461,7 +570,11 @@ fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 /// `GET /1/devices/{id}/events?since=N&wait=S`: a long poll of what happened to a device.
 ///
 /// Cancel safety: dropping it only drops a `Notified` registration.
-async fn events(gateway: &Gateway, device: Arc<Device>, query: &str) -> Result<Response<Body>, ApiError> {
+async fn events(
+    gateway: &Gateway,
+    device: Arc<Device>,
+    query: &str,
+) -> Result<Response<Body>, ApiError> {
     let since = match query_param(query, "since") {
         None => 0,
         Some(raw) => raw
@@ -513,7 +626,11 @@ async fn events(gateway: &Gateway, device: Arc<Device>, query: &str) -> Result<R
 
 fn heartbeat(gateway: &Gateway) -> Response<Body> {
     use std::sync::atomic::Ordering::Relaxed;
-    let status = if gateway.is_shutting_down() { "stopping" } else { "ok" };
+    let status = if gateway.is_shutting_down() {
+        "stopping"
+    } else {
+        "ok"
+    };
     json_response(
         StatusCode::OK,
         &json!({
@@ -535,7 +652,13 @@ where
 {
     let (parts, body) = request.into_parts();
     if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
-        let mime = content_type.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
+        let mime = content_type
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
         if !mime.eq_ignore_ascii_case("application/json") {
             return Err(ApiError::UnsupportedMediaType);
         }
@@ -543,7 +666,10 @@ where
     collect_body(body, &parts.headers, gateway.config.server.max_body_bytes).await
 }
 
-async fn read_json<B>(request: Request<B>, gateway: &Gateway) -> Result<Map<String, Value>, ApiError>
+async fn read_json<B>(
+    request: Request<B>,
+    gateway: &Gateway,
+) -> Result<Map<String, Value>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<BoxError>,
@@ -551,8 +677,12 @@ where
     let body = read_body(request, gateway).await?;
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::InvalidJson("the body must be a JSON object".into())),
-        Err(e) => Err(ApiError::InvalidJson(format!("the body is not valid JSON: {e}"))),
+        Ok(_) => Err(ApiError::InvalidJson(
+            "the body must be a JSON object".into(),
+        )),
+        Err(e) => Err(ApiError::InvalidJson(format!(
+            "the body is not valid JSON: {e}"
+        ))),
     }
 }
 
@@ -571,8 +701,15 @@ where
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge { limit }),
-        Err(e) => Err(ApiError::InvalidJson(format!("the body could not be read: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(ApiError::InvalidJson(format!(
+            "the body could not be read: {e}"
+        ))),
     }
 }
 
@@ -595,9 +732,12 @@ fn take_string(body: &mut Map<String, Value>, field: &str) -> Result<Option<Stri
 }
 
 fn take_name(body: &mut Map<String, Value>) -> Result<Option<String>, ApiError> {
-    let Some(name) = take_string(body, "name")? else { return Ok(None) };
+    let Some(name) = take_string(body, "name")? else {
+        return Ok(None);
+    };
     let name = name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control)
+    {
         return Err(field_error(
             "name",
             &format!("must be 1 to {MAX_NAME_LEN} characters, without control characters"),
@@ -641,7 +781,10 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
                 headers.insert(header::WWW_AUTHENTICATE, v);
             }
         }
-        ApiError::HawkHeader(_) | ApiError::HawkMac | ApiError::HawkReplay | ApiError::UnknownDevice => {
+        ApiError::HawkHeader(_)
+        | ApiError::HawkMac
+        | ApiError::HawkReplay
+        | ApiError::UnknownDevice => {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Hawk"));
         }
         ApiError::MissingBearer | ApiError::InvalidToken => {
@@ -667,9 +810,15 @@ fn bytes_response(status: StatusCode, bytes: Bytes) -> Response<Body> {
     let mut response = Response::new(Full::new(bytes));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }
 
@@ -688,12 +837,30 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route(&Method::POST, "/1/cmd/abc").unwrap(), Route::DeviceExchange("abc".into()));
-        assert_eq!(route(&Method::GET, "/1/devices/x/events").unwrap(), Route::Events("x".into()));
-        assert!(matches!(route(&Method::GET, "/1/cmd/abc"), Err(ApiError::MethodNotAllowed { .. })));
-        assert!(matches!(route(&Method::GET, "/1/cmd/"), Err(ApiError::NotFound)));
-        assert!(matches!(route(&Method::GET, "/nope"), Err(ApiError::NotFound)));
-        assert!(matches!(route(&Method::GET, "/1/devices/a/b/c"), Err(ApiError::NotFound)));
+        assert_eq!(
+            route(&Method::POST, "/1/cmd/abc").unwrap(),
+            Route::DeviceExchange("abc".into())
+        );
+        assert_eq!(
+            route(&Method::GET, "/1/devices/x/events").unwrap(),
+            Route::Events("x".into())
+        );
+        assert!(matches!(
+            route(&Method::GET, "/1/cmd/abc"),
+            Err(ApiError::MethodNotAllowed { .. })
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/1/cmd/"),
+            Err(ApiError::NotFound)
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/nope"),
+            Err(ApiError::NotFound)
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/1/devices/a/b/c"),
+            Err(ApiError::NotFound)
+        ));
     }
 
     #[test]

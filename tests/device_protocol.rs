@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use support::{TestServer, assert_error, device_view};
 use wheresmyfox::client::{ClientError, DeviceClient, HttpClient};
 
-fn status_error(result: Result<serde_json::Map<String, Value>, ClientError>) -> (StatusCode, Value) {
+fn status_error(
+    result: Result<serde_json::Map<String, Value>, ClientError>,
+) -> (StatusCode, Value) {
     match result {
         Err(ClientError::Status { status, body }) => (status, body),
         other => panic!("expected an error status, got {other:?}"),
@@ -37,7 +39,10 @@ async fn a_parked_poll_is_answered_when_a_command_is_queued() {
         (device, commands)
     });
     server.until_parked(1).await;
-    let queued = owner.command(&id, &json!({"r":{"p":10,"d":60}})).await.unwrap();
+    let queued = owner
+        .command(&id, &json!({"r":{"p":10,"d":60}}))
+        .await
+        .unwrap();
     assert_eq!(queued["parked"], json!(true), "{queued}");
     assert_eq!(queued["queued"][0]["command"], "r");
     let (_device, commands) = poll.await.unwrap();
@@ -50,9 +55,18 @@ async fn pending_commands_are_combined_into_one_answer() {
     let server = TestServer::start().await;
     let (mut owner, mut device) = server.owner_and_device("combined").await;
     let id = device.id().to_owned();
-    let queued = owner.command(&id, &json!({"l":{"c":"0123"}})).await.unwrap();
+    let queued = owner
+        .command(&id, &json!({"l":{"c":"0123"}}))
+        .await
+        .unwrap();
     assert_eq!(queued["parked"], json!(false));
-    owner.command(&id, &json!({"m":{"n":"555-0100","m":"Please return me!"},"r":{"p":30,"d":300}})).await.unwrap();
+    owner
+        .command(
+            &id,
+            &json!({"m":{"n":"555-0100","m":"Please return me!"},"r":{"p":30,"d":300}}),
+        )
+        .await
+        .unwrap();
     let commands = device.exchange(&json!({}), Some(30)).await.unwrap();
     assert_eq!(
         Value::Object(commands),
@@ -65,7 +79,10 @@ async fn an_unacknowledged_command_is_sent_again_and_an_acknowledged_one_is_not(
     let server = TestServer::start().await;
     let (mut owner, mut device) = server.owner_and_device("redeliver").await;
     let id = device.id().to_owned();
-    owner.command(&id, &json!({"l":{"c":"1234"}})).await.unwrap();
+    owner
+        .command(&id, &json!({"l":{"c":"1234"}}))
+        .await
+        .unwrap();
     let first = device.exchange(&json!({}), Some(0)).await.unwrap();
     assert_eq!(Value::Object(first.clone()), json!({"l":{"c":"1234"}}));
     // The response was "lost": the device polls again without a reply and gets it again.
@@ -75,7 +92,10 @@ async fn an_unacknowledged_command_is_sent_again_and_an_acknowledged_one_is_not(
     assert_eq!(view["pending"][0]["status"], "sent");
     assert_eq!(view["pending"][0]["sends"], 2);
     // Acknowledged: nothing is pending any more, and the outcome is kept.
-    let after = device.exchange(&json!({"l":{"ok":true}}), Some(0)).await.unwrap();
+    let after = device
+        .exchange(&json!({"l":{"ok":true}}), Some(0))
+        .await
+        .unwrap();
     assert!(after.is_empty());
     let view = device_view(&mut owner, &id).await;
     assert_eq!(view["pending"], json!([]));
@@ -89,23 +109,41 @@ async fn a_reply_to_an_older_command_does_not_acknowledge_a_newer_one_that_was_l
     let server = TestServer::start().await;
     let (mut owner, mut device) = server.owner_and_device("race").await;
     let id = device.id().to_owned();
-    let first = owner.command(&id, &json!({"r":{"p":5,"d":30}})).await.unwrap();
+    let first = owner
+        .command(&id, &json!({"r":{"p":5,"d":30}}))
+        .await
+        .unwrap();
     let first_seq = first["queued"][0]["seq"].as_u64().unwrap();
-    assert_eq!(device.exchange(&json!({}), Some(0)).await.unwrap()["r"], json!({"p":5,"d":30}));
+    assert_eq!(
+        device.exchange(&json!({}), Some(0)).await.unwrap()["r"],
+        json!({"p":5,"d":30})
+    );
     // The owner replaces it; the response carrying the newer ring is lost on the way.
-    let second = owner.command(&id, &json!({"r":{"p":10,"d":60}})).await.unwrap();
+    let second = owner
+        .command(&id, &json!({"r":{"p":10,"d":60}}))
+        .await
+        .unwrap();
     let second_seq = second["queued"][0]["seq"].as_u64().unwrap();
     let lost = device.exchange(&json!({}), Some(0)).await.unwrap();
     assert_eq!(lost["r"], json!({"p":10,"d":60}));
     // The device answers the ring it did get: that is charged to the older command...
-    let next = device.exchange(&json!({"r":{"ok":true}}), Some(0)).await.unwrap();
+    let next = device
+        .exchange(&json!({"r":{"ok":true}}), Some(0))
+        .await
+        .unwrap();
     // ...and the newer one is still pending, so it comes again.
     assert_eq!(next["r"], json!({"p":10,"d":60}));
     let view = device_view(&mut owner, &id).await;
     assert_eq!(view["outcomes"][0]["seq"].as_u64(), Some(first_seq));
     assert_eq!(view["pending"][0]["seq"].as_u64(), Some(second_seq));
     // Once it is answered, nothing is left.
-    assert!(device.exchange(&json!({"r":{"ok":true}}), Some(0)).await.unwrap().is_empty());
+    assert!(
+        device
+            .exchange(&json!({"r":{"ok":true}}), Some(0))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let view = device_view(&mut owner, &id).await;
     assert_eq!(view["outcomes"][0]["seq"].as_u64(), Some(second_seq));
     assert_eq!(view["pending"], json!([]));
@@ -116,7 +154,10 @@ async fn a_newer_unsent_command_of_the_same_kind_replaces_the_older() {
     let server = TestServer::start().await;
     let (mut owner, mut device) = server.owner_and_device("replace").await;
     let id = device.id().to_owned();
-    owner.command(&id, &json!({"t":{"p":10,"d":300}})).await.unwrap();
+    owner
+        .command(&id, &json!({"t":{"p":10,"d":300}}))
+        .await
+        .unwrap();
     owner.command(&id, &json!({"t":{"d":0}})).await.unwrap();
     let commands = device.exchange(&json!({}), Some(0)).await.unwrap();
     assert_eq!(Value::Object(commands), json!({"t":{"d":0}}));
@@ -146,12 +187,19 @@ async fn a_newer_poll_releases_the_older_with_an_empty_answer() {
     let released = old.await.unwrap();
     assert!(released.is_empty(), "the superseded poll answers {{}}");
     server.until_parked(1).await;
-    owner.command(&id, &json!({"r":{"p":1,"d":1}})).await.unwrap();
+    owner
+        .command(&id, &json!({"r":{"p":1,"d":1}}))
+        .await
+        .unwrap();
     assert_eq!(new.await.unwrap()["r"], json!({"p":1,"d":1}));
 }
 
 /// Registers the device again under its own id with a new secret, returning the secret.
-async fn device_secret(server: &TestServer, owner: &mut wheresmyfox::client::OwnerClient, id: &str) -> String {
+async fn device_secret(
+    server: &TestServer,
+    owner: &mut wheresmyfox::client::OwnerClient,
+    id: &str,
+) -> String {
     let _ = server;
     let secret = wheresmyfox::client::random_secret();
     let (status, body) = owner
@@ -180,11 +228,23 @@ async fn a_replayed_request_is_refused_and_changes_nothing() {
         (header::CONTENT_TYPE, "application/json".to_owned()),
     ];
     let http = device.http();
-    let first = http.send(Method::POST, &path, &headers, body.clone(), Duration::from_secs(5)).await.unwrap();
+    let first = http
+        .send(
+            Method::POST,
+            &path,
+            &headers,
+            body.clone(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
     assert_eq!(first.status, StatusCode::OK);
     let view = device_view(&mut owner, &id).await;
     let exchanged = view["last_exchange_ms"].clone();
-    let replay = http.send(Method::POST, &path, &headers, body, Duration::from_secs(5)).await.unwrap();
+    let replay = http
+        .send(Method::POST, &path, &headers, body, Duration::from_secs(5))
+        .await
+        .unwrap();
     let replay_body: Value = serde_json::from_slice(&replay.body).unwrap();
     assert_error(replay.status, &replay_body, 401, 117, "nonce");
     let view = device_view(&mut owner, &id).await;
@@ -205,7 +265,10 @@ async fn a_stale_timestamp_gets_the_standard_challenge_and_the_client_recovers()
         .send(
             Method::POST,
             &path,
-            &[(header::AUTHORIZATION, authorization), (header::CONTENT_TYPE, "application/json".into())],
+            &[
+                (header::AUTHORIZATION, authorization),
+                (header::CONTENT_TYPE, "application/json".into()),
+            ],
             Bytes::from_static(b"{}"),
             Duration::from_secs(5),
         )
@@ -213,14 +276,21 @@ async fn a_stale_timestamp_gets_the_standard_challenge_and_the_client_recovers()
         .unwrap();
     let body: Value = serde_json::from_slice(&reply.body).unwrap();
     assert_error(reply.status, &body, 401, 116, "timestamp");
-    let challenge = reply.headers[header::WWW_AUTHENTICATE].to_str().unwrap().to_owned();
+    let challenge = reply.headers[header::WWW_AUTHENTICATE]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(challenge.starts_with("Hawk ts=\""), "{challenge}");
     assert!(challenge.contains("tsm=\""), "{challenge}");
     // The client checks tsm, corrects its clock and retries on its own.
     let commands = device.exchange(&json!({}), Some(0)).await.unwrap();
     assert!(commands.is_empty());
     // The simulated ten-minute error has been corrected back to the server's clock.
-    assert!(device.clock_offset().abs() <= 2, "offset {}", device.clock_offset());
+    assert!(
+        device.clock_offset().abs() <= 2,
+        "offset {}",
+        device.clock_offset()
+    );
 }
 
 #[tokio::test]
@@ -229,17 +299,32 @@ async fn bad_credentials_are_refused_without_a_state_change() {
     let (mut owner, device) = server.owner_and_device("badmac").await;
     let id = device.id().to_owned();
 
-    let mut wrong_key = DeviceClient::new(server.http(), &id, &wheresmyfox::client::random_secret());
-    let (status, body) = status_error(wrong_key.exchange(&json!({"has_passcode": true}), Some(0)).await);
+    let mut wrong_key =
+        DeviceClient::new(server.http(), &id, &wheresmyfox::client::random_secret());
+    let (status, body) = status_error(
+        wrong_key
+            .exchange(&json!({"has_passcode": true}), Some(0))
+            .await,
+    );
     assert_error(status, &body, 401, 115, "MAC");
 
-    let mut unknown = DeviceClient::new(server.http(), "0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef");
+    let mut unknown = DeviceClient::new(
+        server.http(),
+        "0123456789abcdef0123456789abcdef",
+        "0123456789abcdef0123456789abcdef",
+    );
     let (status, body) = status_error(unknown.exchange(&json!({}), Some(0)).await);
     assert_error(status, &body, 401, 114, "unknown device");
 
     let mut http = HttpClient::new(server.addr);
     let reply = http
-        .send(Method::POST, &format!("/1/cmd/{id}"), &[], Bytes::from_static(b"{}"), Duration::from_secs(5))
+        .send(
+            Method::POST,
+            &format!("/1/cmd/{id}"),
+            &[],
+            Bytes::from_static(b"{}"),
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
     let body: Value = serde_json::from_slice(&reply.body).unwrap();
@@ -249,7 +334,13 @@ async fn bad_credentials_are_refused_without_a_state_change() {
     // A header without the payload hash is refused: the body must be covered by the MAC.
     let no_hash = format!("Hawk id=\"{id}\", ts=\"1\", nonce=\"abc\", mac=\"AAAA\"");
     let reply = http
-        .send(Method::POST, &format!("/1/cmd/{id}"), &[(header::AUTHORIZATION, no_hash)], Bytes::new(), Duration::from_secs(5))
+        .send(
+            Method::POST,
+            &format!("/1/cmd/{id}"),
+            &[(header::AUTHORIZATION, no_hash)],
+            Bytes::new(),
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
     let body: Value = serde_json::from_slice(&reply.body).unwrap();
@@ -264,7 +355,10 @@ async fn bad_credentials_are_refused_without_a_state_change() {
         .send(
             Method::POST,
             &path,
-            &[(header::AUTHORIZATION, authorization), (header::CONTENT_TYPE, "application/json".into())],
+            &[
+                (header::AUTHORIZATION, authorization),
+                (header::CONTENT_TYPE, "application/json".into()),
+            ],
             Bytes::from_static(br#"{"e":{"ok":true}}"#),
             Duration::from_secs(5),
         )
@@ -301,7 +395,10 @@ async fn reports_update_position_history_outcomes_and_lockability() {
     let server = TestServer::start_with(|c| c.devices.positions_kept = 3).await;
     let (mut owner, mut device) = server.owner_and_device("reports").await;
     let id = device.id().to_owned();
-    owner.command(&id, &json!({"t":{"p":10,"d":300},"r":{"p":5,"d":30}})).await.unwrap();
+    owner
+        .command(&id, &json!({"t":{"p":10,"d":300},"r":{"p":5,"d":30}}))
+        .await
+        .unwrap();
     device.exchange(&json!({}), Some(0)).await.unwrap();
     for i in 0..6 {
         let report = json!({
@@ -320,14 +417,22 @@ async fn reports_update_position_history_outcomes_and_lockability() {
     let view = device_view(&mut owner, &id).await;
     assert_eq!(view["last_position"]["lat"], json!(42.0));
     assert_eq!(view["last_position"]["acc"], json!(12.5));
-    assert_eq!(view["last_position"]["time_ms"], json!(1_700_000_000_005u64));
+    assert_eq!(
+        view["last_position"]["time_ms"],
+        json!(1_700_000_000_005u64)
+    );
     let previous = view["previous_positions"].as_array().unwrap();
     assert_eq!(previous.len(), 3, "bounded by devices.positions_kept");
     assert_eq!(previous[0]["lat"], json!(41.0), "newest first");
     assert_eq!(view["lockable"], json!(false));
     assert!(view["last_exchange_ms"].as_u64().is_some());
     assert_eq!(view["state"]["tracking"], json!(true));
-    let ring = view["outcomes"].as_array().unwrap().iter().find(|o| o["command"] == "r").unwrap();
+    let ring = view["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["command"] == "r")
+        .unwrap();
     assert_eq!(ring["ok"], json!(false));
     assert_eq!(ring["error"], "no ringtone found");
     assert_eq!(view["state"]["ringing"], json!(false));
@@ -338,7 +443,10 @@ async fn a_malformed_report_is_refused_signed_and_changes_nothing() {
     let server = TestServer::start().await;
     let (mut owner, mut device) = server.owner_and_device("malformed").await;
     let id = device.id().to_owned();
-    owner.command(&id, &json!({"l":{"c":"4321"}})).await.unwrap();
+    owner
+        .command(&id, &json!({"l":{"c":"4321"}}))
+        .await
+        .unwrap();
     device.exchange(&json!({}), Some(0)).await.unwrap();
     for (report, field) in [
         (json!({"t":{"ok":true,"la":91.0,"lo":0.0,"ti":1}}), "t.la"),
@@ -350,7 +458,10 @@ async fn a_malformed_report_is_refused_signed_and_changes_nothing() {
         assert_error(status, &body, 400, 101, field);
     }
     let view = device_view(&mut owner, &id).await;
-    assert_eq!(view["pending"][0]["command"], "l", "the lock is still pending");
+    assert_eq!(
+        view["pending"][0]["command"], "l",
+        "the lock is still pending"
+    );
     assert_eq!(view["last_position"], Value::Null);
 }
 
@@ -360,14 +471,26 @@ async fn the_sequence_ack_extension_stops_resending_received_commands() {
     let (mut owner, mut device) = server.owner_and_device("ack").await;
     let id = device.id().to_owned();
     device.enable_ack();
-    owner.command(&id, &json!({"r":{"p":5,"d":60}})).await.unwrap();
+    owner
+        .command(&id, &json!({"r":{"p":5,"d":60}}))
+        .await
+        .unwrap();
     let mut raw = device.exchange(&json!({}), Some(0)).await.unwrap();
     assert_eq!(raw.remove("r"), Some(json!({"p":5,"d":60})));
     // The client acknowledges the seq it saw on its next request: nothing is resent.
-    assert!(device.exchange(&json!({}), Some(0)).await.unwrap().is_empty());
+    assert!(
+        device
+            .exchange(&json!({}), Some(0))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let view = device_view(&mut owner, &id).await;
     assert_eq!(view["pending"][0]["status"], "delivered");
-    device.exchange(&json!({"r":{"ok":true}}), Some(0)).await.unwrap();
+    device
+        .exchange(&json!({"r":{"ok":true}}), Some(0))
+        .await
+        .unwrap();
     let view = device_view(&mut owner, &id).await;
     assert_eq!(view["pending"], json!([]));
     assert_eq!(view["state"]["ringing"], json!(true));
@@ -378,9 +501,16 @@ async fn a_seed_format_device_never_sees_the_extension() {
     let server = TestServer::start().await;
     let (mut owner, mut device) = server.owner_and_device("seed").await;
     let id = device.id().to_owned();
-    owner.command(&id, &json!({"r":{"p":5,"d":60}})).await.unwrap();
+    owner
+        .command(&id, &json!({"r":{"p":5,"d":60}}))
+        .await
+        .unwrap();
     let answer = device.exchange(&json!({}), Some(0)).await.unwrap();
-    assert_eq!(Value::Object(answer), json!({"r":{"p":5,"d":60}}), "no seq key");
+    assert_eq!(
+        Value::Object(answer),
+        json!({"r":{"p":5,"d":60}}),
+        "no seq key"
+    );
 }
 
 #[tokio::test]
@@ -402,7 +532,10 @@ async fn the_wait_is_capped_by_config_and_ends_with_an_empty_answer() {
         .send(
             Method::POST,
             &path,
-            &[(header::AUTHORIZATION, authorization), (header::CONTENT_TYPE, "application/json".into())],
+            &[
+                (header::AUTHORIZATION, authorization),
+                (header::CONTENT_TYPE, "application/json".into()),
+            ],
             Bytes::from_static(b"{}"),
             Duration::from_secs(5),
         )
@@ -410,7 +543,10 @@ async fn the_wait_is_capped_by_config_and_ends_with_an_empty_answer() {
         .unwrap();
     let body: Value = serde_json::from_slice(&reply.body).unwrap();
     assert_error(reply.status, &body, 400, 101, "wait");
-    assert!(reply.headers.contains_key("server-authorization"), "errors to a verified device are signed");
+    assert!(
+        reply.headers.contains_key("server-authorization"),
+        "errors to a verified device are signed"
+    );
 }
 
 #[tokio::test]
@@ -423,7 +559,10 @@ async fn forgetting_a_device_releases_its_poll_and_revokes_its_key() {
         (device, result)
     });
     server.until_parked(1).await;
-    let (status, _) = owner.call(Method::DELETE, &format!("/1/devices/{id}"), None).await.unwrap();
+    let (status, _) = owner
+        .call(Method::DELETE, &format!("/1/devices/{id}"), None)
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (mut device, result) = poll.await.unwrap();
     let (status, body) = status_error(result);
@@ -448,7 +587,10 @@ async fn the_poll_loop_runs_commands_and_acknowledges_them() {
                 30,
                 move |commands| {
                     let _ = seen_tx.send(Value::Object(commands.clone()));
-                    commands.keys().map(|k| (k.clone(), json!({"ok": true}))).collect()
+                    commands
+                        .keys()
+                        .map(|k| (k.clone(), json!({"ok": true})))
+                        .collect()
                 },
                 async {
                     let _ = stop_rx.await;

@@ -35,7 +35,9 @@ impl TestServer {
         let mut config = Config::for_test(dir.path());
         adjust(&mut config);
         config.validate().expect("test config is valid");
-        let listener = tokio::net::TcpListener::bind(config.server.listen).await.expect("bind");
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let gateway = Gateway::open(config).expect("open gateway");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -82,7 +84,10 @@ impl TestServer {
     /// A new owner with one registered device.
     pub async fn owner_and_device(&self, name: &str) -> (OwnerClient, DeviceClient) {
         let mut owner = self.owner(name).await;
-        let device = owner.register_device(&format!("{name}'s phone")).await.expect("register");
+        let device = owner
+            .register_device(&format!("{name}'s phone"))
+            .await
+            .expect("register");
         (owner, device)
     }
 
@@ -114,18 +119,34 @@ impl Drop for TestServer {
 }
 
 /// Asserts an error answer: status, errno, and that the message mentions `needle`.
-pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_errno: u64, needle: &str) {
+pub fn assert_error(
+    status: StatusCode,
+    body: &Value,
+    want_status: u16,
+    want_errno: u64,
+    needle: &str,
+) {
     assert_eq!(status.as_u16(), want_status, "status; body {body}");
-    assert_eq!(body["code"].as_u64(), Some(want_status as u64), "code in {body}");
+    assert_eq!(
+        body["code"].as_u64(),
+        Some(want_status as u64),
+        "code in {body}"
+    );
     assert_eq!(body["errno"].as_u64(), Some(want_errno), "errno in {body}");
     assert!(body["error"].is_string(), "error in {body}");
     let message = body["message"].as_str().unwrap_or_default();
-    assert!(message.contains(needle), "message {message:?} should mention {needle:?}");
+    assert!(
+        message.contains(needle),
+        "message {message:?} should mention {needle:?}"
+    );
 }
 
 /// `GET /1/devices/{id}` as the owner.
 pub async fn device_view(owner: &mut OwnerClient, id: &str) -> Value {
-    let (status, body) = owner.call(Method::GET, &format!("/1/devices/{id}"), None).await.unwrap();
+    let (status, body) = owner
+        .call(Method::GET, &format!("/1/devices/{id}"), None)
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }

@@ -1,0 +1,392 @@
+//! The server itself: limits, timeouts, keep-alive, shutdown, and the binary's command line.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::{PASSWORD, TestServer, assert_error};
+use wheresmyfox::client::{DeviceClient, HttpClient, OwnerClient};
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_with_413() {
+    let server = TestServer::start_with(|c| c.server.max_body_bytes = 1024).await;
+    let (mut owner, device) = server.owner_and_device("big").await;
+    let big = json!({"m":{"m": "x".repeat(2000)}});
+    let (status, body) = owner
+        .call(
+            Method::POST,
+            &format!("/1/devices/{}/cmd", device.id()),
+            Some(&big),
+        )
+        .await
+        .unwrap();
+    assert_error(status, &body, 413, 102, "1024 bytes");
+    // Chunked, with no length declared up front: still cut off at the limit.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let chunk = "x".repeat(600);
+    let request = format!(
+        "POST /1/accounts HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len(),
+        chunk.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"errno\":102"), "{answer}");
+}
+
+#[tokio::test]
+async fn keep_alive_serves_many_requests_on_one_connection() {
+    let server = TestServer::start().await;
+    let (_owner, mut device) = server.owner_and_device("keepalive").await;
+    for _ in 0..20 {
+        device.exchange(&json!({}), Some(0)).await.unwrap();
+    }
+    // The owner and the device each kept one connection; nothing else was opened.
+    let (_, body) = server
+        .http()
+        .json(Method::GET, "/__heartbeat__", None, None)
+        .await
+        .unwrap();
+    assert!(body["connections"].as_u64().unwrap() <= 3, "{body}");
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_new_connections_get_503_and_parked_devices_still_work() {
+    let server = TestServer::start_with(|c| c.server.max_connections = 3).await;
+    let (mut owner, mut device) = server.owner_and_device("cap").await;
+    let id = device.id().to_owned();
+    // Two connections are in use (owner, device). The device parks on its own.
+    let poll = tokio::spawn(async move { device.exchange(&json!({}), Some(30)).await.unwrap() });
+    server.until_parked(1).await;
+    let _third = TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..5 {
+        let mut flood = HttpClient::new(server.addr);
+        let (status, body) = flood
+            .json(Method::GET, "/__lbheartbeat__", None, None)
+            .await
+            .unwrap();
+        assert_error(status, &body, 503, 150, "connection limit");
+    }
+    // The parked device still gets its command through the owner's existing connection.
+    owner
+        .command(&id, &json!({"r":{"p":1,"d":10}}))
+        .await
+        .unwrap();
+    assert_eq!(poll.await.unwrap()["r"], json!({"p":1,"d":10}));
+    assert!(
+        server
+            .gateway
+            .stats
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 5
+    );
+}
+
+#[tokio::test]
+async fn a_client_dripping_its_headers_is_cut_off() {
+    let server = TestServer::start_with(|c| c.server.header_read_timeout_secs = 1).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /__lbheartbeat__ HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buffer = [0u8; 256];
+    let closed = loop {
+        // Keep dripping a header byte by byte; the server must close anyway.
+        if stream.write_all(b"x").await.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(_)) => continue,
+            Err(_) => {}
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+    };
+    assert!(
+        closed,
+        "the connection should be closed by the header read timeout"
+    );
+    // Meanwhile the server answers others.
+    let (status, _) = server
+        .http()
+        .json(Method::GET, "/__lbheartbeat__", None, None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn shutdown_answers_parked_polls_with_an_empty_signed_object() {
+    let mut server = TestServer::start().await;
+    let mut devices = Vec::new();
+    let mut owner = server.owner("shutdown").await;
+    for i in 0..3 {
+        devices.push(owner.register_device(&format!("phone {i}")).await.unwrap());
+    }
+    let polls: Vec<_> = devices
+        .into_iter()
+        .map(|mut d| tokio::spawn(async move { d.exchange(&json!({}), Some(50)).await }))
+        .collect();
+    server.until_parked(3).await;
+    server.signal_stop();
+    for poll in polls {
+        // exchange() verifies the signature: the `{}` is signed like any answer.
+        let answer = poll.await.unwrap().unwrap();
+        assert!(answer.is_empty());
+    }
+    server.stop().await;
+}
+
+// === The binary ===
+
+struct Binary {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Binary {
+    fn start(extra: &[&str]) -> Binary {
+        let dir = tempfile::tempdir().unwrap();
+        let mut binary = Binary::start_in(dir.path(), extra);
+        binary._dir = Some(dir);
+        binary
+    }
+
+    fn start_in(data_dir: &std::path::Path, extra: &[&str]) -> Binary {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wheresmyfox"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the server exited before listening")
+                .unwrap();
+            if let Some(rest) = line.split("addr=").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Binary {
+            child,
+            addr,
+            _dir: None,
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn sigterm_releases_parked_polls_and_exits(signal: &str) {
+    let mut binary = Binary::start(&[]);
+    let mut owner = OwnerClient::sign_up(binary.addr, "term@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let mut device: DeviceClient = owner.register_device("phone").await.unwrap();
+    let poll = tokio::spawn(async move { device.exchange(&json!({}), Some(50)).await });
+    // Wait until the poll is parked, as the server itself reports.
+    loop {
+        let (_, body) = HttpClient::new(binary.addr)
+            .json(Method::GET, "/__heartbeat__", None, None)
+            .await
+            .unwrap();
+        if body["parked"] == json!(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    binary.signal(signal);
+    let answer = poll.await.unwrap().unwrap();
+    assert!(answer.is_empty(), "released with {{}}");
+    let status = tokio::task::spawn_blocking(move || binary.wait_exit(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn sigterm_releases_parked_polls_and_exits_within_5_seconds() {
+    sigterm_releases_parked_polls_and_exits("TERM").await;
+}
+
+#[tokio::test]
+async fn sigint_does_the_same() {
+    sigterm_releases_parked_polls_and_exits("INT").await;
+}
+
+#[test]
+fn help_describes_the_commands() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wheresmyfox"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    for needle in ["serve", "user", "--config", "--listen", "--data-dir"] {
+        assert!(
+            text.contains(needle),
+            "--help should mention {needle}: {text}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_config_file_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[poll]\nwait_secs = \"fifty\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_wheresmyfox"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("wait_secs"), "{text}");
+
+    std::fs::write(&config, "[devices]\nmax_per_user = 0\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_wheresmyfox"))
+        .args(["--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("devices.max_per_user"));
+}
+
+#[tokio::test]
+async fn user_add_creates_an_account_on_a_running_server_with_sign_up_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("closed.toml");
+    std::fs::write(&config, "[accounts]\nsignup = false\n").unwrap();
+    let data = dir.path().join("data");
+    let binary = Binary::start_in(&data, &["--config", config.to_str().unwrap()]);
+    let (status, body) = HttpClient::new(binary.addr)
+        .json(
+            Method::POST,
+            "/1/accounts",
+            None,
+            Some(&json!({"email":"op@example.com","password":PASSWORD})),
+        )
+        .await
+        .unwrap();
+    assert_error(status, &body, 403, 121, "closed");
+
+    let mut add = Command::new(env!("CARGO_BIN_EXE_wheresmyfox"))
+        .args([
+            "user",
+            "add",
+            "op@example.com",
+            "--password-stdin",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    let output = tokio::task::spawn_blocking(move || add.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let userid = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let owner = OwnerClient::sign_in_with(HttpClient::new(binary.addr), "op@example.com", PASSWORD)
+        .await
+        .unwrap();
+    assert_eq!(owner.userid, userid);
+    drop(binary);
+}
+
+#[test]
+fn user_add_explains_when_no_server_is_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut add = Command::new(env!("CARGO_BIN_EXE_wheresmyfox"))
+        .args([
+            "user",
+            "add",
+            "x@example.com",
+            "--password-stdin",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long password\n")
+        .unwrap();
+    let mut stderr = String::new();
+    add.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!add.wait().unwrap().success());
+    assert!(stderr.contains("running server"), "{stderr}");
+}
