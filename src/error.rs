@@ -55,12 +55,8 @@ pub enum ApiError {
     EmailTaken,
     #[error("unsupported content type: send application/json")]
     UnsupportedMediaType,
-    #[error("too many requests: slow down")]
-    TooMany,
     #[error("the server is at its connection limit: try again shortly")]
     Overloaded,
-    #[error("the server is shutting down: try again shortly")]
-    ShuttingDown,
     #[error("internal error")]
     Internal(String),
 }
@@ -88,8 +84,7 @@ impl ApiError {
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             EmailTaken => StatusCode::CONFLICT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            TooMany => StatusCode::TOO_MANY_REQUESTS,
-            Overloaded | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -118,9 +113,7 @@ impl ApiError {
             NotFound => 130,
             MethodNotAllowed { .. } => 131,
             EmailTaken => 132,
-            TooMany => 140,
             Overloaded => 150,
-            ShuttingDown => 151,
             Internal(_) => 999,
         }
     }

@@ -793,7 +793,7 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
         ApiError::MethodNotAllowed { allow } => {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
-        ApiError::Overloaded | ApiError::ShuttingDown | ApiError::TooMany => {
+        ApiError::Overloaded => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}
