@@ -23,7 +23,8 @@ fn hawk_verification(c: &mut Criterion) {
         id: "4c1f0e5d2a9b8c7d6e5f4a3b2c1d0e9f".into(),
         key: hawk_auth::key_for(secret),
     };
-    let body = br#"{"r":{"ok":true},"t":{"ok":true,"la":37.388017,"lo":-122.0833,"ti":1763762400}}"#;
+    let body =
+        br#"{"r":{"ok":true},"t":{"ok":true,"la":37.388017,"lo":-122.0833,"ti":1763762400}}"#;
     let path = "/1/cmd/4c1f0e5d2a9b8c7d6e5f4a3b2c1d0e9f?wait=50";
     let hash = hawk_auth::payload_hash("application/json", body);
     let header = RequestBuilder::new("POST", "127.0.0.1", 8080, path)
@@ -33,17 +34,37 @@ fn hawk_verification(c: &mut Criterion) {
         .unwrap();
     let value = format!("Hawk {header}");
     let key = hawk_auth::key_for(secret);
-    let signed = Signed { method: "POST", host: "127.0.0.1", port: 8080, path };
+    let signed = Signed {
+        method: "POST",
+        host: "127.0.0.1",
+        port: 8080,
+        path,
+    };
     c.bench_function("hawk/parse_and_verify_request", |b| {
         b.iter(|| {
             let parsed = hawk_auth::parse_authorization(black_box(&value)).unwrap();
-            hawk_auth::verify(&parsed, &key, &signed, "application/json", body, Duration::from_secs(60), SystemTime::now())
-                .unwrap();
+            hawk_auth::verify(
+                &parsed,
+                &key,
+                &signed,
+                "application/json",
+                body,
+                Duration::from_secs(60),
+                SystemTime::now(),
+            )
+            .unwrap();
         })
     });
     let parsed = hawk_auth::parse_authorization(&value).unwrap();
     c.bench_function("hawk/sign_response", |b| {
-        b.iter(|| hawk_auth::sign_response(&parsed, &key, &signed, black_box(br#"{"r":{"p":10,"d":60}}"#)))
+        b.iter(|| {
+            hawk_auth::sign_response(
+                &parsed,
+                &key,
+                &signed,
+                black_box(br#"{"r":{"p":10,"d":60}}"#),
+            )
+        })
     });
 }
 
@@ -59,7 +80,11 @@ fn validation(c: &mut Criterion) {
 }
 
 fn park_wake(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mailbox = Arc::new(Mailbox::default());
     c.bench_function("mailbox/park_then_wake_across_tasks", |b| {
         b.to_async(&runtime).iter(|| {
@@ -80,33 +105,57 @@ fn park_wake(c: &mut Criterion) {
 }
 
 fn device_exchange(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (mut owner, mut device) = runtime.block_on(async {
         let config = Config::for_test(dir.path());
-        let listener = tokio::net::TcpListener::bind(config.server.listen).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let gateway = Gateway::open(config).unwrap();
         tokio::spawn(server::run(listener, gateway, std::future::pending()));
-        let mut owner = OwnerClient::sign_up(addr, "bench@example.com", "correct horse battery").await.unwrap();
+        let mut owner = OwnerClient::sign_up(addr, "bench@example.com", "correct horse battery")
+            .await
+            .unwrap();
         let device = owner.register_device("bench phone").await.unwrap();
         (owner, device)
     });
     c.bench_function("loopback/signed_empty_poll", |b| {
-        b.iter(|| runtime.block_on(device.exchange(&json!({}), Some(0))).unwrap())
+        b.iter(|| {
+            runtime
+                .block_on(device.exchange(&json!({}), Some(0)))
+                .unwrap()
+        })
     });
     let id = device.id().to_owned();
     c.bench_function("loopback/queue_command_then_poll_and_ack", |b| {
         b.iter(|| {
             runtime.block_on(async {
-                owner.command(&id, &json!({"r":{"p":1,"d":1}})).await.unwrap();
+                owner
+                    .command(&id, &json!({"r":{"p":1,"d":1}}))
+                    .await
+                    .unwrap();
                 let commands = device.exchange(&json!({}), Some(0)).await.unwrap();
                 assert!(commands.contains_key("r"));
-                device.exchange(&json!({"r":{"ok":true}}), Some(0)).await.unwrap();
+                device
+                    .exchange(&json!({"r":{"ok":true}}), Some(0))
+                    .await
+                    .unwrap();
             })
         })
     });
 }
 
-criterion_group!(benches, hawk_verification, validation, park_wake, device_exchange);
+criterion_group!(
+    benches,
+    hawk_verification,
+    validation,
+    park_wake,
+    device_exchange
+);
 criterion_main!(benches);

@@ -29,6 +29,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Where state is kept.
     pub data_dir: PathBuf,
+    /// The URL devices use to reach us (scheme, host, port), when it differs from the `Host`
+    /// header we receive: Hawk MACs are checked against its host and port.
+    pub public_url: Option<String>,
     /// Open connections above which new ones are answered 503 at once and closed.
     pub max_connections: usize,
     /// Seconds a client has to send a complete request head.
@@ -111,6 +114,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
+            public_url: None,
             // Below the 20 000 open files a process may hold here, leaving room for the
             // listener, data files and the 503 answers themselves.
             max_connections: 19_000,
@@ -210,6 +214,13 @@ impl Config {
                 })
             }
         }
+        if let Some(url) = &self.server.public_url {
+            check(
+                parse_public_url(url).is_some(),
+                "server.public_url",
+                "must be an absolute http or https URL such as https://find.example.com",
+            )?;
+        }
         check(
             self.server.max_connections >= 1,
             "server.max_connections",
@@ -291,9 +302,36 @@ impl Config {
         config
     }
 
+    /// The host and port devices sign, from `server.public_url`, if set.
+    pub fn public_authority(&self) -> Option<(String, u16)> {
+        self.server.public_url.as_deref().and_then(parse_public_url)
+    }
+
     pub fn wait(&self) -> Duration {
         Duration::from_secs(self.poll.wait_secs)
     }
+}
+
+/// Host and port of an absolute http(s) URL; the port defaults by scheme (80 or 443).
+fn parse_public_url(url: &str) -> Option<(String, u16)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let default_port = match uri.scheme_str()? {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((
+        host.to_ascii_lowercase(),
+        authority.port_u16().unwrap_or(default_port),
+    ))
 }
 
 #[cfg(test)]
@@ -304,6 +342,20 @@ mod tests {
     fn the_example_file_is_the_default() {
         let text = include_str!("../config/wheresmyfox.toml");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_public_url_gives_host_and_port() {
+        let mut config = Config::default();
+        config.server.public_url = Some("https://Find.Example.com".into());
+        assert_eq!(
+            config.public_authority(),
+            Some(("find.example.com".into(), 443))
+        );
+        config.server.public_url = Some("http://[::1]:8080/".into());
+        assert_eq!(config.public_authority(), Some(("::1".into(), 8080)));
+        let e = Config::from_toml("[server]\npublic_url = \"find.example.com\"\n").unwrap_err();
+        assert!(e.to_string().contains("server.public_url"), "{e}");
     }
 
     #[test]

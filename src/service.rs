@@ -411,7 +411,10 @@ where
             .ok_or(ApiError::UnknownDevice)?;
         let key = device.key().ok_or(ApiError::UnknownDevice)?;
         let body = collect_body(body, &parts.headers, config.server.max_body_bytes).await?;
-        let (host, port) = authority(&parts)?;
+        let (host, port) = match config.public_authority() {
+            Some(public) => public,
+            None => authority(&parts)?,
+        };
         let path = parts
             .uri
             .path_and_query()
@@ -526,7 +529,8 @@ where
     }
 }
 
-/// The host and port the device signed: those of the `Host` header.
+/// The host and port the device signed, when no `server.public_url` is configured: those of
+/// the `Host` header (port 80 when it names none, as for plain HTTP).
 fn authority(parts: &http::request::Parts) -> Result<(String, u16), ApiError> {
     let raw = parts
         .headers

@@ -611,3 +611,39 @@ async fn the_poll_loop_runs_commands_and_acknowledges_them() {
     assert_eq!(view["pending"], json!([]));
     assert_eq!(view["outcomes"].as_array().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn behind_a_proxy_signatures_are_checked_against_the_public_url() {
+    let server =
+        TestServer::start_with(|c| c.server.public_url = Some("https://find.example.com".into()))
+            .await;
+    let mut owner = server.owner("public").await;
+    let secret = wheresmyfox::client::random_secret();
+    let (status, body) = owner
+        .call(
+            Method::POST,
+            "/1/register",
+            Some(&json!({"secret": secret, "pushurl": "https://push.example.invalid/x"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["id"].as_str().unwrap();
+    // Signed for the URL the device knows, whatever the Host header says on our side.
+    let mut device = DeviceClient::new(
+        HttpClient::new(server.addr).with_host("find.example.com", 443),
+        id,
+        &secret,
+    );
+    assert!(
+        device
+            .exchange(&json!({}), Some(0))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Signed for the address the server happens to listen on: refused.
+    let mut direct = DeviceClient::new(server.http(), id, &secret);
+    let (status, body) = status_error(direct.exchange(&json!({}), Some(0)).await);
+    assert_error(status, &body, 401, 115, "MAC");
+}
