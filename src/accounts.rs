@@ -21,6 +21,8 @@ use ring::digest::{SHA256, digest};
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::ids::UserId;
+use crate::store::record::Record;
+use crate::store::{Commit, Durability, Journal};
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -79,8 +81,13 @@ impl Accounts {
         }
     }
 
-    /// Creates an account. Hashing runs on the blocking pool.
-    pub async fn create(&self, email: &str, password: &str) -> Result<UserId, ApiError> {
+    /// Creates an account, durably. Hashing runs on the blocking pool.
+    pub async fn create(
+        &self,
+        email: &str,
+        password: &str,
+        journal: &Journal,
+    ) -> Result<UserId, ApiError> {
         let email = normalise_email(email)?;
         check_password(password)?;
         if self.by_email.contains_key(&email) {
@@ -92,27 +99,42 @@ impl Accounts {
             .map_err(|e| ApiError::Internal(format!("hashing task failed: {e}")))??;
         // Checked again under the shard lock: two sign-ups with one email may race past the
         // early check while hashing.
-        match self.by_email.entry(email.clone()) {
-            Entry::Occupied(_) => Err(ApiError::EmailTaken),
+        let (id, commit) = match self.by_email.entry(email.clone()) {
+            Entry::Occupied(_) => return Err(ApiError::EmailTaken),
             Entry::Vacant(slot) => {
                 let id = UserId::random();
+                let created_ms = now_ms();
+                let record = Record::AccountCreated {
+                    user: id,
+                    email: email.clone(),
+                    password_hash: password_hash.clone(),
+                    created_ms,
+                };
+                let commit = journal.append(&record, Durability::Commands);
                 self.users.insert(
                     id,
                     User {
                         id,
                         email,
                         password_hash,
-                        created_ms: now_ms(),
+                        created_ms,
                     },
                 );
                 slot.insert(id);
-                Ok(id)
+                (id, commit)
             }
-        }
+        };
+        commit.wait().await?;
+        Ok(id)
     }
 
-    /// Checks a password and issues a session token.
-    pub async fn sign_in(&self, email: &str, password: &str) -> Result<IssuedToken, ApiError> {
+    /// Checks a password and issues a session token, durably.
+    pub async fn sign_in(
+        &self,
+        email: &str,
+        password: &str,
+        journal: &Journal,
+    ) -> Result<IssuedToken, ApiError> {
         let user = normalise_email(email)
             .ok()
             .and_then(|email| self.by_email.get(&email).map(|id| *id))
@@ -126,24 +148,32 @@ impl Accounts {
             .await
             .map_err(|e| ApiError::Internal(format!("hashing task failed: {e}")))?;
         match user {
-            Some(user) if matches => Ok(self.issue_token(user.id)),
+            Some(user) if matches => {
+                let (issued, commit) = self.issue_token(user.id, journal);
+                commit.wait().await?;
+                Ok(issued)
+            }
             _ => Err(ApiError::BadCredentials),
         }
     }
 
-    /// Issues a token for a user without a password check (tests and tools).
-    pub fn issue_token(&self, user: UserId) -> IssuedToken {
+    /// Issues a token for a user; the commit completes when it is durable.
+    pub fn issue_token(&self, user: UserId, journal: &Journal) -> (IssuedToken, Commit) {
         let mut raw = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut raw);
         let token = URL_SAFE_NO_PAD.encode(raw);
-        self.tokens.insert(
-            token_digest(&token),
-            Session {
+        let digest = token_digest(&token);
+        let expires_ms = now_ms().saturating_add(self.token_ttl_ms);
+        let commit = journal.append(
+            &Record::TokenIssued {
+                digest: hex(&digest),
                 user,
-                expires_ms: now_ms().saturating_add(self.token_ttl_ms),
+                expires_ms,
             },
+            Durability::Commands,
         );
-        IssuedToken { token, user }
+        self.tokens.insert(digest, Session { user, expires_ms });
+        (IssuedToken { token, user }, commit)
     }
 
     /// The user a bearer token belongs to, if it is known and unexpired.
@@ -161,9 +191,71 @@ impl Accounts {
         Ok(session.user)
     }
 
-    /// Revokes a token (sign-out). Unknown tokens are ignored.
-    pub fn revoke(&self, token: &str) {
-        self.tokens.remove(&token_digest(token));
+    /// Revokes a token (sign-out), durably. Unknown tokens are ignored.
+    pub fn revoke(&self, token: &str, journal: &Journal) -> Commit {
+        let digest = token_digest(token);
+        match self.tokens.remove(&digest) {
+            Some(_) => journal.append(
+                &Record::TokenRevoked {
+                    digest: hex(&digest),
+                },
+                Durability::Commands,
+            ),
+            None => Commit::done(),
+        }
+    }
+
+    // --- Recovery and snapshots ---
+
+    /// Puts back an account from a snapshot or the journal (idempotent).
+    pub fn restore_account(
+        &self,
+        id: UserId,
+        email: String,
+        password_hash: String,
+        created_ms: u64,
+    ) {
+        self.by_email.entry(email.clone()).or_insert(id);
+        self.users.entry(id).or_insert(User {
+            id,
+            email,
+            password_hash,
+            created_ms,
+        });
+    }
+
+    /// Puts back a session (idempotent; expired ones are dropped).
+    pub fn restore_token(&self, digest: &str, user: UserId, expires_ms: u64) {
+        if let Some(digest) = unhex(digest) {
+            if expires_ms > now_ms() {
+                self.tokens.insert(digest, Session { user, expires_ms });
+            }
+        }
+    }
+
+    /// Replays a revocation.
+    pub fn forget_token(&self, digest: &str) {
+        if let Some(digest) = unhex(digest) {
+            self.tokens.remove(&digest);
+        }
+    }
+
+    /// Every account, for a snapshot: (id, email, password hash, created).
+    pub fn export_accounts(&self) -> Vec<(UserId, String, String, u64)> {
+        self.users
+            .iter()
+            .map(|u| (u.id, u.email.clone(), u.password_hash.clone(), u.created_ms))
+            .collect()
+    }
+
+    /// Every unexpired session, for a snapshot: (digest, user, expiry).
+    pub fn export_tokens(&self) -> Vec<(String, UserId, u64)> {
+        let now = now_ms();
+        self.tokens
+            .iter()
+            .filter(|s| s.expires_ms > now)
+            .map(|s| (hex(s.key()), s.user, s.expires_ms))
+            .collect()
     }
 
     /// Drops expired sessions; run periodically.
@@ -181,6 +273,21 @@ impl Accounts {
     pub fn user_count(&self) -> usize {
         self.users.len()
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn token_digest(token: &str) -> [u8; 32] {

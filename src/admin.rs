@@ -87,7 +87,10 @@ async fn handle(
             serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
         let email = body["email"].as_str().unwrap_or_default();
         let password = body["password"].as_str().unwrap_or_default();
-        let user = gateway.accounts.create(email, password).await?;
+        let user = gateway
+            .accounts
+            .create(email, password, &gateway.journal)
+            .await?;
         Ok(service::json_response(
             StatusCode::CREATED,
             &json!({ "userid": user }),

@@ -19,6 +19,7 @@ pub struct Config {
     pub accounts: AccountsConfig,
     pub devices: DevicesConfig,
     pub hawk: HawkConfig,
+    pub storage: StorageConfig,
     pub log: LogConfig,
 }
 
@@ -84,6 +85,34 @@ pub struct HawkConfig {
     pub skew_secs: u64,
     /// Nonces remembered per device against replay.
     pub nonces_per_device: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// When journal records for accounts, registrations and commands reach the disk.
+    pub fsync: FsyncPolicy,
+    /// The longest a record waits for its flush under the `interval` policy, in milliseconds.
+    pub fsync_interval_ms: u64,
+    /// The same for position reports.
+    pub positions_fsync: FsyncPolicy,
+    /// Seconds between snapshots (when the journal has anything new).
+    pub snapshot_interval_secs: u64,
+    /// Journal size that triggers a snapshot early, in bytes.
+    pub snapshot_journal_bytes: u64,
+    /// Key material (32+ characters) to seal device secrets at rest; the environment variable
+    /// `WHERESMYFOX_SEAL_KEY` overrides it.
+    pub seal_key: Option<String>,
+}
+
+/// When a journal record is flushed to disk.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// Before the request is answered.
+    Always,
+    /// Within `storage.fsync_interval_ms` after it is answered.
+    Interval,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -162,6 +191,19 @@ impl Default for HawkConfig {
         HawkConfig {
             skew_secs: 60,
             nonces_per_device: 128,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            fsync: FsyncPolicy::Always,
+            fsync_interval_ms: 100,
+            positions_fsync: FsyncPolicy::Interval,
+            snapshot_interval_secs: 300,
+            snapshot_journal_bytes: 64 * 1024 * 1024,
+            seal_key: None,
         }
     }
 }
@@ -287,6 +329,28 @@ impl Config {
             "must be from 8 to 100000",
         )?;
         check(
+            (1..=10_000).contains(&self.storage.fsync_interval_ms),
+            "storage.fsync_interval_ms",
+            "must be from 1 to 10000",
+        )?;
+        check(
+            (1..=86_400).contains(&self.storage.snapshot_interval_secs),
+            "storage.snapshot_interval_secs",
+            "must be from 1 to 86400",
+        )?;
+        check(
+            self.storage.snapshot_journal_bytes >= 4096,
+            "storage.snapshot_journal_bytes",
+            "must be at least 4096",
+        )?;
+        if let Some(key) = &self.storage.seal_key {
+            check(
+                key.len() >= 32,
+                "storage.seal_key",
+                "must be at least 32 characters",
+            )?;
+        }
+        check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
             "log.level",
             "is not a valid filter (try info, debug or wheresmyfox=debug)",
@@ -305,6 +369,14 @@ impl Config {
     /// The host and port devices sign, from `server.public_url`, if set.
     pub fn public_authority(&self) -> Option<(String, u16)> {
         self.server.public_url.as_deref().and_then(parse_public_url)
+    }
+
+    /// The sealing key: `WHERESMYFOX_SEAL_KEY` if set, else `storage.seal_key`.
+    pub fn seal_key(&self) -> Option<String> {
+        std::env::var("WHERESMYFOX_SEAL_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+            .or_else(|| self.storage.seal_key.clone())
     }
 
     pub fn wait(&self) -> Duration {

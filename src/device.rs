@@ -16,15 +16,22 @@
 //!   is given `"seq"` in each command object; every sent command with a sequence number up to
 //!   N counts as received and is not sent again, while its outcome is still awaited.
 //!
+//! Durable state ([`DeviceData`]) changes only through [`DeviceData::apply`], with a
+//! [`DeviceChange`] that is also what the journal records; replay after a restart runs the
+//! same code. The live methods decide the change (using what only the running server knows,
+//! such as which commands were sent), journal it while still holding the device's lock (so
+//! the journal has one device's changes in version order), apply it, and append events.
+//!
 //! Invariants:
 //! - The outbox holds at most one live (not superseded) command per kind, and at most
 //!   [`MAX_SUPERSEDED`] superseded ones per kind.
-//! - Event numbers (`n`) grow by one per event and are never reused.
+//! - `DeviceData::v` grows by one per applied change.
+//! - Event numbers (`n`) grow by one per event and are never reused within a run.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::clock::now_ms;
@@ -33,6 +40,9 @@ use crate::hawk_auth::NonceCache;
 use crate::ids::{DeviceId, UserId};
 use crate::mailbox::Mailbox;
 use crate::protocol::{CommandSet, DeviceReport, Kind, Outcome, Position};
+use crate::store::record::{DeviceChange, Record};
+use crate::store::seal::Sealer;
+use crate::store::{Commit, Durability, Journal};
 
 /// Superseded-but-sent commands kept per kind, to absorb late replies.
 pub const MAX_SUPERSEDED: usize = 4;
@@ -60,22 +70,74 @@ impl std::fmt::Debug for DeviceKey {
 }
 
 /// A position with the time the server received it.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Fix {
     #[serde(flatten)]
     pub position: Position,
     pub received_ms: u64,
 }
 
-/// A command that arrived through the outbox, answered by the device.
-#[derive(Debug, Clone, Serialize)]
+/// What the device said about a command it ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeRecord {
-    pub command: &'static str,
+    pub command: Kind,
     pub seq: Option<u64>,
     pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub at_ms: u64,
+}
+
+/// Everything about a device that survives a restart (secret and id aside).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceData {
+    pub owner: UserId,
+    /// Version: the number of changes applied since registration.
+    pub v: u64,
+    pub name: String,
+    /// Where the device asks to be woken; never shown to owners.
+    pub push_url: String,
+    pub registered_ms: u64,
+    /// Whether the device has a lock code of its own (`has_passcode`).
+    pub lockable: Option<bool>,
+    pub last_position: Option<Fix>,
+    pub previous_positions: VecDeque<Fix>,
+    /// Last exchange with the device. Kept in snapshots, not journaled (it changes every poll).
+    pub last_exchange_ms: Option<u64>,
+    pub outbox: Outbox,
+    pub outcomes: VecDeque<OutcomeRecord>,
+    pub flags: Flags,
+}
+
+/// Commands not yet answered, and the next sequence number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outbox {
+    pub next_seq: u64,
+    pub items: Vec<Pending>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub seq: u64,
+    pub kind: Kind,
+    pub args: Value,
+    pub queued_ms: u64,
+    /// Times written into a response since this process started. Not durable: after a
+    /// restart a command counts as unsent, and is sent (again) before a reply can answer it.
+    #[serde(skip)]
+    pub sent: u32,
+    pub superseded: bool,
+    /// Receipt confirmed through the ack extension; not sent again.
+    pub delivered: bool,
+}
+
+/// What acknowledged commands say about the device.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Flags {
+    pub locked: bool,
+    pub erased: bool,
+    pub ringing_until_ms: Option<u64>,
+    pub tracking_until_ms: Option<u64>,
 }
 
 /// One entry of a device's event log, as the owner's events poll returns it.
@@ -96,19 +158,19 @@ pub enum EventKind {
         name: String,
     },
     CommandQueued {
-        command: &'static str,
+        command: Kind,
         seq: u64,
         args: Value,
     },
     /// An unsent command replaced by a newer one of the same kind.
     CommandReplaced {
-        command: &'static str,
+        command: Kind,
         seq: u64,
         by: u64,
     },
     /// A sent command replaced by a newer one; it is no longer sent.
     CommandSuperseded {
-        command: &'static str,
+        command: Kind,
         seq: u64,
         by: u64,
     },
@@ -123,7 +185,7 @@ pub enum EventKind {
     },
     /// The device answered a command (or reported without one pending: `seq` null).
     CommandAcknowledged {
-        command: &'static str,
+        command: Kind,
         seq: Option<u64>,
         ok: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,7 +200,7 @@ pub enum EventKind {
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct SentRef {
-    pub command: &'static str,
+    pub command: Kind,
     pub seq: u64,
 }
 
@@ -149,65 +211,6 @@ pub struct Delivery {
     pub sent: Vec<SentRef>,
 }
 
-/// The result of queuing an owner's command object.
-#[derive(Debug, Clone)]
-pub struct Queued {
-    pub commands: Vec<SentRef>,
-}
-
-#[derive(Debug)]
-struct DeviceState {
-    name: String,
-    /// The device's Hawk key; replaced when it registers again with a new secret.
-    key: Arc<DeviceKey>,
-    /// Where the device asks to be woken; never shown to owners.
-    push_url: String,
-    registered_ms: u64,
-    /// Whether the device has a lock code of its own (`has_passcode`).
-    lockable: Option<bool>,
-    last_position: Option<Fix>,
-    previous_positions: VecDeque<Fix>,
-    last_exchange_ms: Option<u64>,
-    online: bool,
-    /// Set when the owner forgets the device; polls still holding it then answer 401.
-    removed: bool,
-    /// Whether the device speaks the sequence/ack extension.
-    uses_ack: bool,
-    outbox: Outbox,
-    outcomes: VecDeque<OutcomeRecord>,
-    flags: Flags,
-    events: VecDeque<Event>,
-    next_event: u64,
-    nonces: NonceCache,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Flags {
-    locked: bool,
-    erased: bool,
-    ringing_until_ms: Option<u64>,
-    tracking_until_ms: Option<u64>,
-}
-
-#[derive(Debug)]
-struct Outbox {
-    next_seq: u64,
-    items: Vec<Pending>,
-}
-
-#[derive(Debug, Clone)]
-struct Pending {
-    seq: u64,
-    kind: Kind,
-    args: Value,
-    queued_ms: u64,
-    /// Times written into a response.
-    sent: u32,
-    superseded: bool,
-    /// Receipt confirmed through the ack extension; not sent again.
-    delivered: bool,
-}
-
 /// Device fields set at registration.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -216,42 +219,92 @@ pub struct Registration {
     pub name: Option<String>,
 }
 
+/// The journal and sealer, which every durable change goes through.
+#[derive(Debug, Clone, Copy)]
+pub struct Storage<'a> {
+    pub journal: &'a Journal,
+    pub sealer: &'a Sealer,
+}
+
+#[derive(Debug)]
+struct DeviceState {
+    data: DeviceData,
+    /// The device's Hawk key; replaced when it registers again with a new secret.
+    key: Arc<DeviceKey>,
+    /// The secret in the clear, to seal into snapshots.
+    secret: String,
+    /// Set when the owner forgets the device; polls still holding it then answer 401.
+    removed: bool,
+    online: bool,
+    /// Whether the device speaks the sequence/ack extension.
+    uses_ack: bool,
+    events: VecDeque<Event>,
+    next_event: u64,
+    nonces: NonceCache,
+}
+
 // === Device ===
 
 impl Device {
-    pub fn new(id: DeviceId, owner: UserId, registration: Registration) -> Device {
-        let now = now_ms();
-        let state = DeviceState {
+    /// A newly registered device. The caller journals the `Registered` record.
+    pub fn new(id: DeviceId, owner: UserId, registration: Registration, now: u64) -> Device {
+        let data = DeviceData {
+            owner,
+            v: 1,
             name: registration.name.unwrap_or_else(|| "My device".to_owned()),
-            key: Arc::new(DeviceKey(crate::hawk_auth::key_for(&registration.secret))),
             push_url: registration.push_url,
             registered_ms: now,
             lockable: None,
             last_position: None,
             previous_positions: VecDeque::new(),
             last_exchange_ms: None,
-            online: false,
-            removed: false,
-            uses_ack: false,
             outbox: Outbox {
                 next_seq: 1,
                 items: Vec::new(),
             },
             outcomes: VecDeque::new(),
             flags: Flags::default(),
-            events: VecDeque::new(),
-            next_event: 1,
-            nonces: NonceCache::default(),
         };
-        let device = Device {
+        let device = Device::restore(id, data, registration.secret);
+        device.with(|s| s.push_event(EventKind::Registered, usize::MAX));
+        device
+    }
+
+    /// A device rebuilt from a snapshot or journal.
+    pub fn restore(id: DeviceId, data: DeviceData, secret: String) -> Device {
+        let owner = data.owner;
+        Device {
             id,
             owner,
             mailbox: Mailbox::default(),
             events_changed: tokio::sync::Notify::new(),
-            state: std::sync::Mutex::new(state),
-        };
-        device.with(|s| s.push_event(EventKind::Registered, usize::MAX));
-        device
+            state: std::sync::Mutex::new(DeviceState {
+                data,
+                key: Arc::new(DeviceKey(crate::hawk_auth::key_for(&secret))),
+                secret,
+                removed: false,
+                online: false,
+                uses_ack: false,
+                events: VecDeque::new(),
+                next_event: 1,
+                nonces: NonceCache::default(),
+            }),
+        }
+    }
+
+    /// The `Registered` journal record for this device as it is now.
+    pub fn registered_record(&self, sealer: &Sealer) -> Record {
+        self.with(|s| Record::Device {
+            id: self.id,
+            v: s.data.v,
+            change: DeviceChange::Registered {
+                owner: s.data.owner,
+                name: s.data.name.clone(),
+                secret: sealer.seal(&s.secret),
+                push_url: s.data.push_url.clone(),
+                at_ms: s.data.registered_ms,
+            },
+        })
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut DeviceState) -> R) -> R {
@@ -278,140 +331,267 @@ impl Device {
         self.with(|s| s.removed)
     }
 
+    /// The durable state and the secret, for a snapshot; `None` once forgotten.
+    pub fn image(&self) -> Option<(DeviceData, String)> {
+        self.with(|s| (!s.removed).then(|| (s.data.clone(), s.secret.clone())))
+    }
+
+    pub fn version(&self) -> u64 {
+        self.with(|s| s.data.v)
+    }
+
     /// Records a nonce; `false` on replay.
     pub fn check_nonce(&self, ts: u64, nonce: &str, now: u64, window: u64, cap: usize) -> bool {
         self.with(|s| s.nonces.check_and_insert(ts, nonce, now, window, cap))
     }
 
-    /// A new secret and push URL for the same id (the device registered again).
-    pub fn reregister(&self, registration: Registration, limits: &DevicesConfig) {
+    /// Replays a journaled change. Changes the snapshot already holds are skipped.
+    pub fn replay(
+        &self,
+        v: u64,
+        change: &DeviceChange,
+        limits: &DevicesConfig,
+        sealer: &Sealer,
+    ) -> Result<(), crate::store::seal::SealError> {
         self.with(|s| {
-            s.key = Arc::new(DeviceKey(crate::hawk_auth::key_for(&registration.secret)));
-            s.push_url = registration.push_url;
-            if let Some(name) = registration.name {
-                s.name = name;
+            if v <= s.data.v {
+                return Ok(());
             }
+            if v != s.data.v + 1 {
+                tracing::error!(device = %self.id, have = s.data.v, record = v, "journal skips device versions");
+            }
+            if let DeviceChange::Reregistered { secret, .. } = change {
+                s.set_secret(sealer.open(secret)?);
+            }
+            s.data.apply(change, limits);
+            s.data.v = v;
+            Ok(())
+        })
+    }
+
+    /// A new secret and push URL for the same id (the device registered again).
+    pub fn reregister(
+        &self,
+        registration: Registration,
+        limits: &DevicesConfig,
+        storage: Storage<'_>,
+    ) -> Commit {
+        self.with(|s| {
+            let change = DeviceChange::Reregistered {
+                secret: storage.sealer.seal(&registration.secret),
+                push_url: registration.push_url,
+                name: registration.name,
+            };
+            s.set_secret(registration.secret);
             // A new key: nonces seen under the old one mean nothing any more.
             s.nonces = NonceCache::default();
+            let commit = s.commit(self.id, change, limits, storage, Durability::Commands);
             s.push_event(EventKind::Reregistered, limits.events_kept);
+            commit
         })
     }
 
-    pub fn rename(&self, name: String, limits: &DevicesConfig) {
+    pub fn rename(&self, name: String, limits: &DevicesConfig, storage: Storage<'_>) -> Commit {
         self.with(|s| {
-            s.name = name.clone();
+            let commit = s.commit(
+                self.id,
+                DeviceChange::Renamed { name: name.clone() },
+                limits,
+                storage,
+                Durability::Commands,
+            );
             s.push_event(EventKind::Renamed { name }, limits.events_kept);
+            commit
         })
     }
 
-    /// Marks the device forgotten and releases its parked poll.
-    pub fn mark_removed(&self) {
-        self.with(|s| s.removed = true);
+    /// Records whether the device has a lock code of its own.
+    pub fn set_lockable(
+        &self,
+        value: bool,
+        limits: &DevicesConfig,
+        storage: Storage<'_>,
+    ) -> Commit {
+        self.with(|s| {
+            if s.data.lockable == Some(value) {
+                return Commit::done();
+            }
+            s.commit(
+                self.id,
+                DeviceChange::Lockable { value },
+                limits,
+                storage,
+                Durability::Commands,
+            )
+        })
+    }
+
+    /// Marks the device forgotten, journals that, and releases its parked poll.
+    pub fn mark_removed(&self, limits: &DevicesConfig, storage: Storage<'_>) -> Commit {
+        let commit = self.with(|s| {
+            s.removed = true;
+            s.commit(
+                self.id,
+                DeviceChange::Removed,
+                limits,
+                storage,
+                Durability::Commands,
+            )
+        });
         self.mailbox.release();
         self.events_changed.notify_waiters();
+        commit
     }
 
     /// Queues an owner's validated command object.
-    pub fn queue(&self, commands: CommandSet, limits: &DevicesConfig) -> Queued {
+    pub fn queue(
+        &self,
+        commands: CommandSet,
+        limits: &DevicesConfig,
+        storage: Storage<'_>,
+    ) -> (Vec<SentRef>, Commit) {
         self.with(|s| {
             let now = now_ms();
             let mut queued = Vec::new();
+            let mut commit = Commit::done();
             for (kind, args) in commands.into_entries() {
-                let seq = s.outbox.next_seq;
-                s.outbox.next_seq += 1;
-                let mut displaced = Vec::new();
-                s.outbox.items.retain_mut(|item| {
-                    if item.kind != kind {
-                        return true;
-                    }
-                    if item.sent == 0 {
-                        displaced.push(EventKind::CommandReplaced {
-                            command: kind.key(),
+                let seq = s.data.outbox.next_seq;
+                let mut removed = Vec::new();
+                let mut superseded = Vec::new();
+                let mut events = Vec::new();
+                for item in s.data.outbox.items.iter().filter(|i| i.kind == kind) {
+                    if item.sent == 0 && !item.superseded {
+                        removed.push(item.seq);
+                        events.push(EventKind::CommandReplaced {
+                            command: kind,
                             seq: item.seq,
                             by: seq,
                         });
-                        return false;
-                    }
-                    if !item.superseded {
-                        item.superseded = true;
-                        displaced.push(EventKind::CommandSuperseded {
-                            command: kind.key(),
+                    } else if !item.superseded {
+                        superseded.push(item.seq);
+                        events.push(EventKind::CommandSuperseded {
+                            command: kind,
                             seq: item.seq,
                             by: seq,
                         });
                     }
-                    true
-                });
-                let superseded: Vec<u64> = s
+                }
+                // Keep at most MAX_SUPERSEDED superseded commands of this kind: the oldest go.
+                let mut kept: Vec<u64> = s
+                    .data
                     .outbox
                     .items
                     .iter()
-                    .filter(|i| i.kind == kind && i.superseded)
+                    .filter(|i| i.kind == kind && (i.superseded || superseded.contains(&i.seq)))
                     .map(|i| i.seq)
                     .collect();
-                if superseded.len() > MAX_SUPERSEDED {
-                    let drop_below = superseded[superseded.len() - MAX_SUPERSEDED];
-                    s.outbox
-                        .items
-                        .retain(|i| !(i.kind == kind && i.superseded && i.seq < drop_below));
+                kept.sort_unstable();
+                if kept.len() > MAX_SUPERSEDED {
+                    removed.extend_from_slice(&kept[..kept.len() - MAX_SUPERSEDED]);
+                    superseded.retain(|seq| !removed.contains(seq));
                 }
-                for event in displaced {
+                let change = DeviceChange::Queued {
+                    seq,
+                    command: kind,
+                    args: args.clone(),
+                    at_ms: now,
+                    removed,
+                    superseded,
+                };
+                commit.join(s.commit(self.id, change, limits, storage, Durability::Commands));
+                for event in events {
                     s.push_event(event, limits.events_kept);
                 }
                 s.push_event(
                     EventKind::CommandQueued {
-                        command: kind.key(),
+                        command: kind,
                         seq,
-                        args: args.clone(),
+                        args,
                     },
                     limits.events_kept,
                 );
-                s.outbox.items.push(Pending {
-                    seq,
-                    kind,
-                    args,
-                    queued_ms: now,
-                    sent: 0,
-                    superseded: false,
-                    delivered: false,
-                });
-                queued.push(SentRef {
-                    command: kind.key(),
-                    seq,
-                });
+                queued.push(SentRef { command: kind, seq });
             }
-            Queued { commands: queued }
+            (queued, commit)
         })
     }
 
     /// Applies what a device reported in a verified request.
-    pub fn apply_report(&self, report: &DeviceReport, limits: &DevicesConfig) {
+    pub fn apply_report(
+        &self,
+        report: &DeviceReport,
+        limits: &DevicesConfig,
+        storage: Storage<'_>,
+    ) -> Commit {
         self.with(|s| {
             let now = now_ms();
-            s.last_exchange_ms = Some(now);
+            let mut commit = Commit::done();
+            s.data.last_exchange_ms = Some(now);
             if !s.online {
                 s.online = true;
                 s.push_event(EventKind::Online, limits.events_kept);
             }
-            if let Some(lockable) = report.has_passcode {
-                s.lockable = Some(lockable);
+            if let Some(value) = report.has_passcode {
+                if s.data.lockable != Some(value) {
+                    commit.join(s.commit(
+                        self.id,
+                        DeviceChange::Lockable { value },
+                        limits,
+                        storage,
+                        Durability::Commands,
+                    ));
+                }
             }
             if let Some(ack) = report.ack {
                 s.uses_ack = true;
-                s.apply_ack(ack, limits);
+                let newly: Vec<(u64, bool)> = s
+                    .data
+                    .outbox
+                    .items
+                    .iter()
+                    .filter(|i| i.seq <= ack && i.sent > 0 && (i.superseded || !i.delivered))
+                    .map(|i| (i.seq, i.superseded))
+                    .collect();
+                if !newly.is_empty() {
+                    let seqs: Vec<u64> = newly.iter().map(|(seq, _)| *seq).collect();
+                    commit.join(s.commit(
+                        self.id,
+                        DeviceChange::Delivered { seqs },
+                        limits,
+                        storage,
+                        Durability::Commands,
+                    ));
+                    let delivered: Vec<u64> = newly
+                        .iter()
+                        .filter(|(_, sup)| !sup)
+                        .map(|(seq, _)| *seq)
+                        .collect();
+                    if !delivered.is_empty() {
+                        s.push_event(
+                            EventKind::CommandDelivered { seqs: delivered },
+                            limits.events_kept,
+                        );
+                    }
+                }
             }
             for (kind, outcome) in &report.replies {
-                s.apply_reply(*kind, outcome, now, limits);
+                commit.join(s.answer(self.id, *kind, outcome, now, limits, storage));
             }
             if let Some(position) = report.position {
-                s.record_position(
-                    Fix {
-                        position,
-                        received_ms: now,
-                    },
+                let fix = Fix {
+                    position,
+                    received_ms: now,
+                };
+                commit.join(s.commit(
+                    self.id,
+                    DeviceChange::Position { fix },
                     limits,
-                );
+                    storage,
+                    Durability::Positions,
+                ));
+                s.push_event(EventKind::Position { fix }, limits.events_kept);
             }
+            commit
         })
     }
 
@@ -422,6 +602,7 @@ impl Device {
             let mut sent = Vec::new();
             let mut max_seq = 0;
             let mut live: Vec<&mut Pending> = s
+                .data
                 .outbox
                 .items
                 .iter_mut()
@@ -435,7 +616,7 @@ impl Device {
                 item.sent += 1;
                 body.insert(item.kind.key().to_owned(), item.args.clone());
                 sent.push(SentRef {
-                    command: item.kind.key(),
+                    command: item.kind,
                     seq: item.seq,
                 });
                 max_seq = max_seq.max(item.seq);
@@ -464,6 +645,7 @@ impl Device {
         }
         self.with(|s| {
             let silent = s
+                .data
                 .last_exchange_ms
                 .is_none_or(|t| now.saturating_sub(t) >= offline_after_ms);
             if s.online && silent && !s.removed {
@@ -477,27 +659,27 @@ impl Device {
     }
 
     /// The owner's list view.
-    pub fn summary(&self, limits: &DevicesConfig) -> Value {
+    pub fn summary(&self) -> Value {
         let parked = self.mailbox.is_parked();
-        self.with(|s| s.summary(self.id, parked, limits))
+        self.with(|s| s.summary(self.id, parked))
     }
 
     /// The owner's detail view: the summary plus history.
     pub fn detail(&self, limits: &DevicesConfig) -> Value {
         let parked = self.mailbox.is_parked();
         self.with(|s| {
-            let mut view = s.summary(self.id, parked, limits);
-            let now = now_ms();
-            let horizon = now.saturating_sub(limits.positions_max_age_hours * 3_600_000);
+            let mut view = s.summary(self.id, parked);
+            let horizon = now_ms().saturating_sub(limits.positions_max_age_hours * 3_600_000);
             let previous: Vec<&Fix> = s
+                .data
                 .previous_positions
                 .iter()
                 .rev()
                 .filter(|f| f.received_ms >= horizon)
                 .collect();
             view["previous_positions"] = json!(previous);
-            view["outcomes"] = json!(s.outcomes.iter().rev().collect::<Vec<_>>());
-            view["registered_ms"] = json!(s.registered_ms);
+            view["outcomes"] = json!(s.data.outcomes.iter().rev().collect::<Vec<_>>());
+            view["registered_ms"] = json!(s.data.registered_ms);
             view
         })
     }
@@ -522,16 +704,76 @@ impl Device {
             (events, next, truncated)
         })
     }
-
-    /// The push URL, for waking the device.
-    pub fn push_url(&self) -> String {
-        self.with(|s| s.push_url.clone())
-    }
 }
 
 // === DeviceState ===
 
 impl DeviceState {
+    fn set_secret(&mut self, secret: String) {
+        self.key = Arc::new(DeviceKey(crate::hawk_auth::key_for(&secret)));
+        self.secret = secret;
+    }
+
+    /// Journals a change (in version order, under the device lock) and applies it.
+    fn commit(
+        &mut self,
+        id: DeviceId,
+        change: DeviceChange,
+        limits: &DevicesConfig,
+        storage: Storage<'_>,
+        durability: Durability,
+    ) -> Commit {
+        self.data.apply(&change, limits);
+        let record = Record::Device {
+            id,
+            v: self.data.v,
+            change,
+        };
+        storage.journal.append(&record, durability)
+    }
+
+    /// A reply answers the oldest sent command of its kind (see the module docs).
+    fn answer(
+        &mut self,
+        id: DeviceId,
+        kind: Kind,
+        outcome: &Outcome,
+        now: u64,
+        limits: &DevicesConfig,
+        storage: Storage<'_>,
+    ) -> Commit {
+        let seq = self
+            .data
+            .outbox
+            .items
+            .iter()
+            .filter(|i| i.kind == kind && i.sent > 0)
+            .map(|i| i.seq)
+            .min();
+        // Periodic track reports with nothing pending are positions, not acknowledgements.
+        if seq.is_none() && kind == Kind::Track && outcome.ok {
+            return Commit::done();
+        }
+        let change = DeviceChange::Answered {
+            command: kind,
+            seq,
+            ok: outcome.ok,
+            error: outcome.error.clone(),
+            at_ms: now,
+        };
+        let commit = self.commit(id, change, limits, storage, Durability::Commands);
+        self.push_event(
+            EventKind::CommandAcknowledged {
+                command: kind,
+                seq,
+                ok: outcome.ok,
+                error: outcome.error.clone(),
+            },
+            limits.events_kept,
+        );
+        commit
+    }
+
     fn push_event(&mut self, kind: EventKind, cap: usize) {
         let n = self.next_event;
         self.next_event += 1;
@@ -545,99 +787,17 @@ impl DeviceState {
         }
     }
 
-    fn apply_ack(&mut self, ack: u64, limits: &DevicesConfig) {
-        let mut delivered = Vec::new();
-        self.outbox.items.retain_mut(|item| {
-            if item.seq > ack || item.sent == 0 {
-                return true;
-            }
-            if item.superseded {
-                return false;
-            }
-            if !item.delivered {
-                item.delivered = true;
-                delivered.push(item.seq);
-            }
-            true
-        });
-        if !delivered.is_empty() {
-            self.push_event(
-                EventKind::CommandDelivered { seqs: delivered },
-                limits.events_kept,
-            );
-        }
-    }
-
-    fn apply_reply(&mut self, kind: Kind, outcome: &Outcome, now: u64, limits: &DevicesConfig) {
-        let answered = self
-            .outbox
-            .items
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| i.kind == kind && i.sent > 0)
-            .min_by_key(|(_, i)| i.seq)
-            .map(|(index, _)| index);
-        let item = answered.map(|index| self.outbox.items.remove(index));
-        if outcome.ok {
-            if let Some(item) = &item {
-                self.flags.apply(kind, &item.args, now);
-            }
-        }
-        let seq = item.as_ref().map(|i| i.seq);
-        if item.is_some() || !outcome.ok || kind != Kind::Track {
-            self.outcomes.push_back(OutcomeRecord {
-                command: kind.key(),
-                seq,
-                ok: outcome.ok,
-                error: outcome.error.clone(),
-                at_ms: now,
-            });
-            while self.outcomes.len() > limits.outcomes_kept {
-                self.outcomes.pop_front();
-            }
-        }
-        // Periodic track reports with nothing pending are positions, not acknowledgements.
-        if item.is_some() || kind != Kind::Track {
-            self.push_event(
-                EventKind::CommandAcknowledged {
-                    command: kind.key(),
-                    seq,
-                    ok: outcome.ok,
-                    error: outcome.error.clone(),
-                },
-                limits.events_kept,
-            );
-        }
-    }
-
-    fn record_position(&mut self, fix: Fix, limits: &DevicesConfig) {
-        if let Some(previous) = self.last_position.replace(fix) {
-            self.previous_positions.push_back(previous);
-        }
-        let horizon = fix
-            .received_ms
-            .saturating_sub(limits.positions_max_age_hours * 3_600_000);
-        while self
-            .previous_positions
-            .front()
-            .is_some_and(|f| f.received_ms < horizon)
-            || self.previous_positions.len() > limits.positions_kept
-        {
-            self.previous_positions.pop_front();
-        }
-        self.push_event(EventKind::Position { fix }, limits.events_kept);
-    }
-
-    fn summary(&self, id: DeviceId, parked: bool, _limits: &DevicesConfig) -> Value {
+    fn summary(&self, id: DeviceId, parked: bool) -> Value {
         let now = now_ms();
-        let pending: Vec<Value> = self
+        let data = &self.data;
+        let pending: Vec<Value> = data
             .outbox
             .items
             .iter()
             .filter(|i| !i.superseded)
             .map(|i| {
                 json!({
-                    "command": i.kind.key(),
+                    "command": i.kind,
                     "seq": i.seq,
                     "args": i.args,
                     "queued_ms": i.queued_ms,
@@ -648,20 +808,122 @@ impl DeviceState {
             .collect();
         json!({
             "id": id,
-            "name": self.name,
+            "name": data.name,
             "state": {
                 "online": self.online || parked,
                 "parked": parked,
-                "locked": self.flags.locked,
-                "ringing": self.flags.ringing_until_ms.is_some_and(|t| t > now),
-                "tracking": self.flags.tracking_until_ms.is_some_and(|t| t > now),
-                "erased": self.flags.erased,
+                "locked": data.flags.locked,
+                "ringing": data.flags.ringing_until_ms.is_some_and(|t| t > now),
+                "tracking": data.flags.tracking_until_ms.is_some_and(|t| t > now),
+                "erased": data.flags.erased,
             },
-            "lockable": self.lockable,
-            "last_position": self.last_position,
-            "last_exchange_ms": self.last_exchange_ms,
+            "lockable": data.lockable,
+            "last_position": data.last_position,
+            "last_exchange_ms": data.last_exchange_ms,
             "pending": pending,
         })
+    }
+}
+
+// === DeviceData ===
+
+impl DeviceData {
+    /// Applies one change. The same code runs live and when the journal is replayed.
+    pub fn apply(&mut self, change: &DeviceChange, limits: &DevicesConfig) {
+        self.v += 1;
+        match change {
+            DeviceChange::Registered { .. } | DeviceChange::Removed => {}
+            DeviceChange::Reregistered { push_url, name, .. } => {
+                self.push_url.clone_from(push_url);
+                if let Some(name) = name {
+                    self.name.clone_from(name);
+                }
+            }
+            DeviceChange::Renamed { name } => self.name.clone_from(name),
+            DeviceChange::Queued {
+                seq,
+                command,
+                args,
+                at_ms,
+                removed,
+                superseded,
+            } => {
+                self.outbox.items.retain(|i| !removed.contains(&i.seq));
+                for item in &mut self.outbox.items {
+                    if superseded.contains(&item.seq) {
+                        item.superseded = true;
+                    }
+                }
+                self.outbox.items.push(Pending {
+                    seq: *seq,
+                    kind: *command,
+                    args: args.clone(),
+                    queued_ms: *at_ms,
+                    sent: 0,
+                    superseded: false,
+                    delivered: false,
+                });
+                self.outbox.next_seq = self.outbox.next_seq.max(seq + 1);
+            }
+            DeviceChange::Delivered { seqs } => {
+                self.outbox.items.retain_mut(|item| {
+                    if !seqs.contains(&item.seq) {
+                        return true;
+                    }
+                    item.delivered = true;
+                    !item.superseded
+                });
+            }
+            DeviceChange::Answered {
+                command,
+                seq,
+                ok,
+                error,
+                at_ms,
+            } => {
+                let item = seq.and_then(|seq| {
+                    let at = self.outbox.items.iter().position(|i| i.seq == seq)?;
+                    Some(self.outbox.items.remove(at))
+                });
+                if *ok {
+                    if let Some(item) = &item {
+                        self.flags.apply(*command, &item.args, *at_ms);
+                    }
+                }
+                self.outcomes.push_back(OutcomeRecord {
+                    command: *command,
+                    seq: *seq,
+                    ok: *ok,
+                    error: error.clone(),
+                    at_ms: *at_ms,
+                });
+                while self.outcomes.len() > limits.outcomes_kept {
+                    self.outcomes.pop_front();
+                }
+            }
+            DeviceChange::Position { fix } => self.record_position(*fix, limits),
+            DeviceChange::Lockable { value } => self.lockable = Some(*value),
+        }
+    }
+
+    fn record_position(&mut self, fix: Fix, limits: &DevicesConfig) {
+        if let Some(previous) = self.last_position.replace(fix) {
+            self.previous_positions.push_back(previous);
+        }
+        self.prune_positions(fix.received_ms, limits);
+    }
+
+    /// Drops previous positions beyond the configured count or age.
+    pub fn prune_positions(&mut self, now: u64, limits: &DevicesConfig) {
+        let horizon = now.saturating_sub(limits.positions_max_age_hours * 3_600_000);
+        while self
+            .previous_positions
+            .front()
+            .is_some_and(|f| f.received_ms < horizon)
+            || self.previous_positions.len() > limits.positions_kept
+        {
+            self.previous_positions.pop_front();
+        }
     }
 }
 

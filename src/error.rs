@@ -57,6 +57,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the server is at its connection limit: try again shortly")]
     Overloaded,
+    #[error("the server cannot save changes right now: try again later")]
+    StorageUnavailable,
     #[error("internal error")]
     Internal(String),
 }
@@ -84,7 +86,7 @@ impl ApiError {
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             EmailTaken => StatusCode::CONFLICT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded | StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -114,6 +116,7 @@ impl ApiError {
             MethodNotAllowed { .. } => 131,
             EmailTaken => 132,
             Overloaded => 150,
+            StorageUnavailable => 160,
             Internal(_) => 999,
         }
     }

@@ -6,22 +6,34 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::{error, info};
 
 use crate::accounts::Accounts;
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::device::Storage;
 use crate::registry::Registry;
+use crate::store::seal::Sealer;
+use crate::store::{self, DataDir, Journal, SnapshotStats, StoreError};
 
 /// Shared state of a running gateway.
 #[derive(Debug)]
 pub struct Gateway {
     pub config: Config,
-    pub accounts: Accounts,
-    pub registry: Registry,
+    pub accounts: Arc<Accounts>,
+    pub registry: Arc<Registry>,
+    /// Every change is appended here before it is answered.
+    pub journal: Journal,
+    /// Seals device secrets written to disk.
+    pub sealer: Arc<Sealer>,
+    /// The locked data directory.
+    pub data: Arc<DataDir>,
     /// Live counters, shown by `/__heartbeat__`.
     pub stats: Stats,
     /// `true` once shutdown has begun; parked polls watch it and answer `{}` at once.
     shutdown: watch::Sender<bool>,
+    /// Serializes snapshots (the periodic one and the final one).
+    snapshotting: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -42,28 +54,47 @@ pub struct ParkedGuard<'a>(&'a AtomicUsize);
 #[derive(Debug, Clone)]
 pub struct Shutdown(watch::Receiver<bool>);
 
-/// Owns the background maintenance task; dropping it stops the task.
+/// Owns the background tasks (offline sweep, snapshots); dropping it stops them.
 #[derive(Debug)]
-pub struct Maintenance(JoinHandle<()>);
+pub struct Maintenance(Vec<JoinHandle<()>>);
 
 // === Gateway ===
 
 impl Gateway {
-    pub fn new(config: Config) -> Arc<Gateway> {
-        let accounts = Accounts::new(config.accounts.token_ttl_hours);
-        Arc::new(Gateway {
+    /// Opens the data directory (locking it), recovers its state, and starts the journal.
+    pub fn open(config: Config) -> Result<Arc<Gateway>, StoreError> {
+        let data = Arc::new(DataDir::lock(&config.server.data_dir)?);
+        let accounts = Arc::new(Accounts::new(config.accounts.token_ttl_hours));
+        let registry = Arc::new(Registry::default());
+        let sealer = Arc::new(Sealer::new(config.seal_key().as_deref()));
+        let (journal, recovered) = store::recover(&data, &config, &accounts, &registry, &sealer)?;
+        info!(
+            snapshot = ?recovered.snapshot,
+            journals = recovered.journals.len(),
+            records = recovered.records,
+            accounts = accounts.user_count(),
+            devices = registry.len(),
+            "state recovered"
+        );
+        Ok(Arc::new(Gateway {
             config,
             accounts,
-            registry: Registry::default(),
+            registry,
+            journal,
+            sealer,
+            data,
             stats: Stats::default(),
             shutdown: watch::channel(false).0,
-        })
+            snapshotting: tokio::sync::Mutex::new(()),
+        }))
     }
 
-    /// Prepares the data directory and builds the gateway over it.
-    pub fn open(config: Config) -> std::io::Result<Arc<Gateway>> {
-        create_private_dir(&config.server.data_dir)?;
-        Ok(Gateway::new(config))
+    /// The journal and sealer, for changes.
+    pub fn storage(&self) -> Storage<'_> {
+        Storage {
+            journal: &self.journal,
+            sealer: &self.sealer,
+        }
     }
 
     pub fn shutdown_handle(&self) -> Shutdown {
@@ -84,25 +115,77 @@ impl Gateway {
         ParkedGuard(&self.stats.parked)
     }
 
-    /// Starts the periodic sweep: devices gone silent are shown offline, expired tokens go.
-    pub fn start_maintenance(self: &Arc<Self>) -> Maintenance {
-        let gateway = Arc::downgrade(self);
-        // Often enough that "offline" shows within seconds of the configured bound.
-        let every = Duration::from_secs((self.config.poll.offline_after_secs / 6).clamp(1, 15));
-        Maintenance(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(gateway) = gateway.upgrade() else {
-                    return;
-                };
-                gateway.sweep();
-            }
-        }))
+    /// Writes a snapshot now (waiting for one already running).
+    pub async fn snapshot(&self) -> std::io::Result<SnapshotStats> {
+        let _one_at_a_time = self.snapshotting.lock().await;
+        store::snapshot(
+            &self.data,
+            &self.journal,
+            &self.accounts,
+            &self.registry,
+            &self.sealer,
+        )
+        .await
     }
 
-    /// One maintenance pass.
+    /// The final step of shutdown: a snapshot, then the journal flushed and closed.
+    pub async fn close(&self) {
+        if !self.journal.has_failed() && !self.journal.is_empty() {
+            if let Err(e) = self.snapshot().await {
+                error!(error = %e, "final snapshot failed; the journal still has everything");
+            }
+        }
+        self.journal.close().await;
+    }
+
+    /// Starts the background tasks: the offline sweep and periodic snapshots.
+    pub fn start_maintenance(self: &Arc<Self>) -> Maintenance {
+        let sweeper = {
+            let gateway = Arc::downgrade(self);
+            // Often enough that "offline" shows within seconds of the configured bound.
+            let every = Duration::from_secs((self.config.poll.offline_after_secs / 6).clamp(1, 15));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(gateway) = gateway.upgrade() else {
+                        return;
+                    };
+                    gateway.sweep();
+                }
+            })
+        };
+        let snapshotter = {
+            let gateway = Arc::downgrade(self);
+            let interval = Duration::from_secs(self.config.storage.snapshot_interval_secs);
+            let max_bytes = self.config.storage.snapshot_journal_bytes;
+            tokio::spawn(async move {
+                // Checked every second for size; taken on the interval only if there is news.
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last = tokio::time::Instant::now();
+                loop {
+                    tick.tick().await;
+                    let Some(gateway) = gateway.upgrade() else {
+                        return;
+                    };
+                    let journal = &gateway.journal;
+                    let due = journal.len() >= max_bytes
+                        || (last.elapsed() >= interval && !journal.is_empty());
+                    if due && !journal.has_failed() && !gateway.is_shutting_down() {
+                        if let Err(e) = gateway.snapshot().await {
+                            error!(error = %e, "snapshot failed; will retry");
+                        }
+                        last = tokio::time::Instant::now();
+                    }
+                }
+            })
+        };
+        Maintenance(vec![sweeper, snapshotter])
+    }
+
+    /// One sweep: devices gone silent are shown offline, expired tokens go.
     pub fn sweep(&self) {
         let now = now_ms();
         let offline_after = self.config.poll.offline_after_secs * 1000;
@@ -112,20 +195,6 @@ impl Gateway {
         });
         self.accounts.purge_expired();
     }
-}
-
-/// Creates a directory (and its parents) readable by the server's user only.
-fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)?;
-    let mode = std::fs::metadata(path)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        tracing::warn!(dir = %path.display(), "the data directory is readable by other users");
-    }
-    Ok(())
 }
 
 // === ParkedGuard ===
@@ -152,6 +221,8 @@ impl Shutdown {
 
 impl Drop for Maintenance {
     fn drop(&mut self) {
-        self.0.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }

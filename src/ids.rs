@@ -49,6 +49,14 @@ macro_rules! id_type {
                 s.collect_str(self)
             }
         }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                text.parse()
+                    .map_err(|()| serde::de::Error::custom("expected 32 hex characters"))
+            }
+        }
     };
 }
 

@@ -21,6 +21,7 @@
 //! - [`mailbox`]: the park/wake primitive (one parked poll per device), over the [`sync`] facade.
 //! - [`gateway`]: shared state, counters, the shutdown signal, background maintenance.
 //! - [`client`]: a device client (signing, verifying, the poll loop) used by tests and tools.
+//! - [`store`]: durability: the journal (group commit), snapshots, recovery, sealing.
 //! - [`config`]: settings and their validation.
 //! - [`admin`]: the operator's admin socket (`wheresmyfox user add`).
 
@@ -39,6 +40,7 @@ pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod service;
+pub mod store;
 pub(crate) mod sync;
 
 pub use config::Config;

@@ -40,6 +40,13 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Read the whole data directory and report its state, without changing anything.
+    /// Exits non-zero if start-up would refuse it. Stop the server first.
+    CheckData(CommonArgs),
+    /// Make a damaged data directory usable again: set a damaged snapshot aside (nothing is
+    /// lost while the older snapshot's journal is there), or cut a damaged journal at the
+    /// damage (what follows is kept aside in a .damaged file). Stop the server first.
+    Repair(CommonArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +95,8 @@ fn main() -> ExitCode {
                     common,
                 },
         }) => user_add(&email, common),
+        Some(Command::CheckData(common)) => check_data(common),
+        Some(Command::Repair(common)) => repair(common),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,6 +176,47 @@ fn user_add(email: &str, common: CommonArgs) -> anyhow::Result<()> {
         println!("{userid}");
         Ok(())
     })
+}
+
+fn check_data(common: CommonArgs) -> anyhow::Result<()> {
+    let config = load_config(&common)?;
+    let sealer = wheresmyfox::store::seal::Sealer::new(config.seal_key().as_deref());
+    let report = wheresmyfox::store::check(&config, &sealer)?;
+    match &report.snapshot {
+        Some(path) => println!("snapshot: {} (good)", path.display()),
+        None => println!("snapshot: none yet"),
+    }
+    for journal in &report.journals {
+        println!("journal:  {} (good)", journal.display());
+    }
+    println!("records:  {} replayed without error", report.records);
+    if report.torn_bytes > 0 {
+        println!(
+            "note:     the last journal ends with a torn record ({} bytes, never acknowledged); start-up cuts it",
+            report.torn_bytes
+        );
+    }
+    println!(
+        "ok: the server can start from {}",
+        config.server.data_dir.display()
+    );
+    Ok(())
+}
+
+fn repair(common: CommonArgs) -> anyhow::Result<()> {
+    let config = load_config(&common)?;
+    let sealer = wheresmyfox::store::seal::Sealer::new(config.seal_key().as_deref());
+    let done = wheresmyfox::store::repair(&config, &sealer)?;
+    if done.is_empty() {
+        println!(
+            "nothing to repair: {} is readable",
+            config.server.data_dir.display()
+        );
+    }
+    for line in done {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM (how service managers stop us) or SIGINT (Ctrl-C in a terminal).

@@ -26,13 +26,20 @@ pub const MAX_MESSAGE_LEN: usize = 100;
 /// Longest error string a device may report, in bytes (longer ones are cut at a char boundary).
 pub const MAX_DEVICE_ERROR_LEN: usize = 200;
 
-/// One of the five commands of the seed design.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// One of the five commands of the seed design. Serialized as its one-letter key.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Kind {
+    #[serde(rename = "l")]
     Lock,
+    #[serde(rename = "m")]
     Message,
+    #[serde(rename = "r")]
     Ring,
+    #[serde(rename = "t")]
     Track,
+    #[serde(rename = "e")]
     Erase,
 }
 

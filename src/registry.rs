@@ -15,9 +15,10 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::config::DevicesConfig;
-use crate::device::{Device, Registration};
+use crate::device::{Device, DeviceData, Registration, Storage};
 use crate::error::ApiError;
 use crate::ids::{DeviceId, UserId};
+use crate::store::{Commit, Durability};
 
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -46,11 +47,12 @@ impl Registry {
         known: Option<DeviceId>,
         registration: Registration,
         limits: &DevicesConfig,
-    ) -> Result<Registered, ApiError> {
+        storage: Storage<'_>,
+    ) -> Result<(Registered, Commit), ApiError> {
         if let Some(id) = known {
             if let Some(device) = self.get(&id).filter(|d| d.owner == owner) {
-                device.reregister(registration, limits);
-                return Ok(Registered::Renewed(id));
+                let commit = device.reregister(registration, limits, storage);
+                return Ok((Registered::Renewed(id), commit));
             }
         }
         let mut owned = self.by_owner.entry(owner).or_default();
@@ -60,10 +62,40 @@ impl Registry {
             });
         }
         let id = DeviceId::random();
-        self.devices
-            .insert(id, Arc::new(Device::new(id, owner, registration)));
+        let device = Arc::new(Device::new(id, owner, registration, crate::clock::now_ms()));
+        // Journaled while the owner's entry is locked, so it precedes any removal.
+        let commit = storage.journal.append(
+            &device.registered_record(storage.sealer),
+            Durability::Commands,
+        );
+        self.devices.insert(id, device);
         owned.push(id);
-        Ok(Registered::New(id))
+        Ok((Registered::New(id), commit))
+    }
+
+    /// Puts back a device from a snapshot or the journal.
+    pub fn restore(&self, id: DeviceId, data: DeviceData, secret: String) {
+        let owner = data.owner;
+        let mut owned = self.by_owner.entry(owner).or_default();
+        if !owned.contains(&id) {
+            owned.push(id);
+        }
+        self.devices
+            .insert(id, Arc::new(Device::restore(id, data, secret)));
+    }
+
+    /// Replays a removal.
+    pub fn forget_restored(&self, id: &DeviceId) {
+        if let Some((_, device)) = self.devices.remove(id) {
+            if let Some(mut owned) = self.by_owner.get_mut(&device.owner) {
+                owned.retain(|d| d != id);
+            }
+        }
+    }
+
+    /// Every device, for a snapshot. No lock is held once it returns.
+    pub fn devices(&self) -> Vec<Arc<Device>> {
+        self.devices.iter().map(|d| d.value().clone()).collect()
     }
 
     pub fn get(&self, id: &DeviceId) -> Option<Arc<Device>> {
@@ -89,19 +121,24 @@ impl Registry {
     }
 
     /// Forgets a device: its data goes, and its parked poll is released.
-    pub fn remove(&self, owner: UserId, id: DeviceId) -> Result<(), ApiError> {
-        {
-            let mut owned = self.by_owner.get_mut(&owner).ok_or(ApiError::NotFound)?;
-            let at = owned
-                .iter()
-                .position(|d| *d == id)
-                .ok_or(ApiError::NotFound)?;
-            owned.remove(at);
-        }
-        if let Some((_, device)) = self.devices.remove(&id) {
-            device.mark_removed();
-        }
-        Ok(())
+    pub fn remove(
+        &self,
+        owner: UserId,
+        id: DeviceId,
+        limits: &DevicesConfig,
+        storage: Storage<'_>,
+    ) -> Result<Commit, ApiError> {
+        let mut owned = self.by_owner.get_mut(&owner).ok_or(ApiError::NotFound)?;
+        let at = owned
+            .iter()
+            .position(|d| *d == id)
+            .ok_or(ApiError::NotFound)?;
+        owned.remove(at);
+        let commit = match self.devices.remove(&id) {
+            Some((_, device)) => device.mark_removed(limits, storage),
+            None => Commit::done(),
+        };
+        Ok(commit)
     }
 
     pub fn len(&self) -> usize {

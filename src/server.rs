@@ -5,7 +5,8 @@
 //! 2. release parked polls: each answers `{}` at once (they watch the signal themselves,
 //!    because hyper's graceful shutdown only turns keep-alive off);
 //! 3. ask every connection to close after its current response;
-//! 4. wait for them, at most `server.shutdown_grace_secs`, then return regardless.
+//! 4. wait for them, at most `server.shutdown_grace_secs`;
+//! 5. write a final snapshot and close the journal.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -82,6 +83,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, signal: impl Futu
             "grace period over; closing the remaining connections"
         ),
     }
+    gateway.close().await;
 }
 
 /// Serves one accepted connection on its own task, or refuses it when at the cap.

@@ -173,13 +173,17 @@ where
         Route::SignOut => {
             let token = bearer(request.headers())?;
             gateway.accounts.authenticate(token)?;
-            gateway.accounts.revoke(token);
+            gateway
+                .accounts
+                .revoke(token, &gateway.journal)
+                .wait()
+                .await?;
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
         Route::Register => {
             let user = owner(request.headers(), gateway)?;
             let body = read_json(request, gateway).await?;
-            register(gateway, user, body)
+            register(gateway, user, body).await
         }
         Route::ListDevices => {
             let user = owner(request.headers(), gateway)?;
@@ -188,7 +192,7 @@ where
                 .registry
                 .list(user)
                 .iter()
-                .map(|d| d.summary(limits))
+                .map(|d| d.summary())
                 .collect();
             Ok(json_response(
                 StatusCode::OK,
@@ -209,16 +213,20 @@ where
             let mut body = read_json(request, gateway).await?;
             only_fields(&body, &["name"])?;
             let name = take_name(&mut body)?.ok_or_else(|| field_error("name", "is required"))?;
-            device.rename(name, &gateway.config.devices);
-            Ok(json_response(
-                StatusCode::OK,
-                &device.summary(&gateway.config.devices),
-            ))
+            device
+                .rename(name, &gateway.config.devices, gateway.storage())
+                .wait()
+                .await?;
+            Ok(json_response(StatusCode::OK, &device.summary()))
         }
         Route::ForgetDevice(id) => {
             let user = owner(request.headers(), gateway)?;
             let device = gateway.registry.owned(user, &id)?;
-            gateway.registry.remove(user, device.id)?;
+            gateway
+                .registry
+                .remove(user, device.id, &gateway.config.devices, gateway.storage())?
+                .wait()
+                .await?;
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
         Route::QueueCommand(id) => {
@@ -227,11 +235,14 @@ where
             let body = read_body(request, gateway).await?;
             let commands = CommandSet::from_slice(&body)?;
             let wire = commands.to_json();
-            let queued = device.queue(commands, &gateway.config.devices);
+            let (queued, commit) =
+                device.queue(commands, &gateway.config.devices, gateway.storage());
+            // Durable before the device can see it: nothing it acts on can be lost.
+            commit.wait().await?;
             let parked = device.mailbox.notify();
             Ok(json_response(
                 StatusCode::ACCEPTED,
-                &json!({ "queued": queued.commands, "command": wire, "parked": parked }),
+                &json!({ "queued": queued, "command": wire, "parked": parked }),
             ))
         }
         Route::Events(id) => {
@@ -258,7 +269,10 @@ async fn create_account(
         take_string(&mut body, "email")?.ok_or_else(|| field_error("email", "is required"))?;
     let password = take_string(&mut body, "password")?
         .ok_or_else(|| field_error("password", "is required"))?;
-    let user = gateway.accounts.create(&email, &password).await?;
+    let user = gateway
+        .accounts
+        .create(&email, &password, &gateway.journal)
+        .await?;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({ "userid": user }),
@@ -274,7 +288,10 @@ async fn sign_in(
         take_string(&mut body, "email")?.ok_or_else(|| field_error("email", "is required"))?;
     let password = take_string(&mut body, "password")?
         .ok_or_else(|| field_error("password", "is required"))?;
-    let issued = gateway.accounts.sign_in(&email, &password).await?;
+    let issued = gateway
+        .accounts
+        .sign_in(&email, &password, &gateway.journal)
+        .await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "token": issued.token, "userid": issued.user }),
@@ -303,7 +320,7 @@ fn owner(headers: &HeaderMap, gateway: &Gateway) -> Result<UserId, ApiError> {
 
 // === Registration ===
 
-fn register(
+async fn register(
     gateway: &Gateway,
     user: UserId,
     mut body: Map<String, Value>,
@@ -344,21 +361,18 @@ fn register(
         push_url,
         name,
     };
-    let outcome = gateway
-        .registry
-        .register(user, known, registration, &gateway.config.devices)?;
+    let limits = &gateway.config.devices;
+    let (outcome, mut commit) =
+        gateway
+            .registry
+            .register(user, known, registration, limits, gateway.storage())?;
     let id = match outcome {
         Registered::New(id) | Registered::Renewed(id) => id,
     };
     if let (Some(lockable), Some(device)) = (has_passcode, gateway.registry.get(&id)) {
-        device.apply_report(
-            &DeviceReport {
-                has_passcode: Some(lockable),
-                ..DeviceReport::default()
-            },
-            &gateway.config.devices,
-        );
+        commit.join(device.set_lockable(lockable, limits, gateway.storage()));
     }
+    commit.wait().await?;
     debug!(device = %id, renewed = matches!(outcome, Registered::Renewed(_)), "device registered");
     Ok(json_response(StatusCode::OK, &json!({ "id": id })))
 }
@@ -500,7 +514,13 @@ where
         Err(error) => return fail(&error),
     };
     let limits = &config.devices;
-    device.apply_report(&report, limits);
+    if let Err(error) = device
+        .apply_report(&report, limits, gateway.storage())
+        .wait()
+        .await
+    {
+        return fail(&error);
+    }
 
     let deadline = tokio::time::Instant::now() + wait;
     let mut shutdown = gateway.shutdown_handle();
@@ -797,7 +817,7 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
         ApiError::MethodNotAllowed { allow } => {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
-        ApiError::Overloaded => {
+        ApiError::Overloaded | ApiError::StorageUnavailable => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}

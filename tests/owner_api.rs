@@ -154,7 +154,7 @@ async fn expired_tokens_are_refused() {
     // A token issued with a lifetime already over.
     let accounts = wheresmyfox::accounts::Accounts::new(0);
     let user: wheresmyfox::ids::UserId = owner.userid.parse().unwrap();
-    let issued = accounts.issue_token(user);
+    let (issued, _) = accounts.issue_token(user, &wheresmyfox::store::Journal::disabled());
     assert!(accounts.authenticate(&issued.token).is_err());
 }
 

@@ -1,0 +1,114 @@
+//! What the journal and snapshots hold.
+//!
+//! Journal records describe changes, and say exactly what they did (which commands a new one
+//! replaced, which seq a reply answered), so that replaying them rebuilds the same state
+//! without the in-memory details that decided them at the time. Each device record carries the
+//! device's version after the change: replay skips what a snapshot already contains.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::device::{DeviceData, Fix};
+use crate::ids::{DeviceId, UserId};
+use crate::protocol::Kind;
+use crate::store::seal::StoredSecret;
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Record {
+    AccountCreated {
+        user: UserId,
+        email: String,
+        password_hash: String,
+        created_ms: u64,
+    },
+    /// `digest`: hex SHA-256 of the token; the token itself is never stored.
+    TokenIssued {
+        digest: String,
+        user: UserId,
+        expires_ms: u64,
+    },
+    TokenRevoked {
+        digest: String,
+    },
+    Device {
+        id: DeviceId,
+        /// The device's version after this change.
+        v: u64,
+        change: DeviceChange,
+    },
+}
+
+/// A change to one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DeviceChange {
+    Registered {
+        owner: UserId,
+        name: String,
+        secret: StoredSecret,
+        push_url: String,
+        at_ms: u64,
+    },
+    Reregistered {
+        secret: StoredSecret,
+        push_url: String,
+        name: Option<String>,
+    },
+    Renamed {
+        name: String,
+    },
+    Queued {
+        seq: u64,
+        command: Kind,
+        args: Value,
+        at_ms: u64,
+        /// Unsent commands of the same kind removed by this one, and superseded ones pruned.
+        removed: Vec<u64>,
+        /// Sent commands of the same kind now superseded (kept to absorb late replies).
+        superseded: Vec<u64>,
+    },
+    Delivered {
+        seqs: Vec<u64>,
+    },
+    Answered {
+        command: Kind,
+        seq: Option<u64>,
+        ok: bool,
+        error: Option<String>,
+        at_ms: u64,
+    },
+    Position {
+        fix: Fix,
+    },
+    Lockable {
+        value: bool,
+    },
+    Removed,
+}
+
+/// One entry of a snapshot file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "entry", rename_all = "snake_case")]
+pub enum SnapshotEntry {
+    Account {
+        user: UserId,
+        email: String,
+        password_hash: String,
+        created_ms: u64,
+    },
+    Token {
+        digest: String,
+        user: UserId,
+        expires_ms: u64,
+    },
+    Device {
+        id: DeviceId,
+        secret: StoredSecret,
+        #[serde(flatten)]
+        data: Box<DeviceData>,
+    },
+    /// The last entry: how many came before it. A snapshot without it is incomplete.
+    End { entries: u64 },
+}
