@@ -226,10 +226,10 @@ impl Accounts {
 
     /// Puts back a session (idempotent; expired ones are dropped).
     pub fn restore_token(&self, digest: &str, user: UserId, expires_ms: u64) {
-        if let Some(digest) = unhex(digest) {
-            if expires_ms > now_ms() {
-                self.tokens.insert(digest, Session { user, expires_ms });
-            }
+        if let Some(digest) = unhex(digest)
+            && expires_ms > now_ms()
+        {
+            self.tokens.insert(digest, Session { user, expires_ms });
         }
     }
 

@@ -381,12 +381,13 @@ impl DeviceClient {
         let mut retried = false;
         loop {
             let reply = self.signed_post(&body, wait).await?;
-            if reply.status == StatusCode::UNAUTHORIZED && !retried {
-                if let Some(offset) = self.offset_from_challenge(&reply) {
-                    self.clock_offset = offset;
-                    retried = true;
-                    continue;
-                }
+            if reply.status == StatusCode::UNAUTHORIZED
+                && !retried
+                && let Some(offset) = self.offset_from_challenge(&reply)
+            {
+                self.clock_offset = offset;
+                retried = true;
+                continue;
             }
             let value: Value = serde_json::from_slice(&reply.body)?;
             if reply.status != StatusCode::OK {

@@ -531,16 +531,16 @@ impl Device {
                 s.online = true;
                 s.push_event(EventKind::Online, limits.events_kept);
             }
-            if let Some(value) = report.has_passcode {
-                if s.data.lockable != Some(value) {
-                    commit.join(s.commit(
-                        self.id,
-                        DeviceChange::Lockable { value },
-                        limits,
-                        storage,
-                        Durability::Commands,
-                    ));
-                }
+            if let Some(value) = report.has_passcode
+                && s.data.lockable != Some(value)
+            {
+                commit.join(s.commit(
+                    self.id,
+                    DeviceChange::Lockable { value },
+                    limits,
+                    storage,
+                    Durability::Commands,
+                ));
             }
             if let Some(ack) = report.ack {
                 s.uses_ack = true;
@@ -885,10 +885,8 @@ impl DeviceData {
                     let at = self.outbox.items.iter().position(|i| i.seq == seq)?;
                     Some(self.outbox.items.remove(at))
                 });
-                if *ok {
-                    if let Some(item) = &item {
-                        self.flags.apply(*command, &item.args, *at_ms);
-                    }
+                if *ok && let Some(item) = &item {
+                    self.flags.apply(*command, &item.args, *at_ms);
                 }
                 self.outcomes.push_back(OutcomeRecord {
                     command: *command,

@@ -130,10 +130,11 @@ impl Gateway {
 
     /// The final step of shutdown: a snapshot, then the journal flushed and closed.
     pub async fn close(&self) {
-        if !self.journal.has_failed() && !self.journal.is_empty() {
-            if let Err(e) = self.snapshot().await {
-                error!(error = %e, "final snapshot failed; the journal still has everything");
-            }
+        if !self.journal.has_failed()
+            && !self.journal.is_empty()
+            && let Err(e) = self.snapshot().await
+        {
+            error!(error = %e, "final snapshot failed; the journal still has everything");
         }
         self.journal.close().await;
     }

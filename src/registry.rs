@@ -49,11 +49,11 @@ impl Registry {
         limits: &DevicesConfig,
         storage: Storage<'_>,
     ) -> Result<(Registered, Commit), ApiError> {
-        if let Some(id) = known {
-            if let Some(device) = self.get(&id).filter(|d| d.owner == owner) {
-                let commit = device.reregister(registration, limits, storage);
-                return Ok((Registered::Renewed(id), commit));
-            }
+        if let Some(id) = known
+            && let Some(device) = self.get(&id).filter(|d| d.owner == owner)
+        {
+            let commit = device.reregister(registration, limits, storage);
+            return Ok((Registered::Renewed(id), commit));
         }
         let mut owned = self.by_owner.entry(owner).or_default();
         if owned.len() >= limits.max_per_user {
@@ -86,10 +86,10 @@ impl Registry {
 
     /// Replays a removal.
     pub fn forget_restored(&self, id: &DeviceId) {
-        if let Some((_, device)) = self.devices.remove(id) {
-            if let Some(mut owned) = self.by_owner.get_mut(&device.owner) {
-                owned.retain(|d| d != id);
-            }
+        if let Some((_, device)) = self.devices.remove(id)
+            && let Some(mut owned) = self.by_owner.get_mut(&device.owner)
+        {
+            owned.retain(|d| d != id);
         }
     }
 

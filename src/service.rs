@@ -187,7 +187,6 @@ where
         }
         Route::ListDevices => {
             let user = owner(request.headers(), gateway)?;
-            let limits = &gateway.config.devices;
             let devices: Vec<Value> = gateway
                 .registry
                 .list(user)
@@ -336,10 +335,10 @@ async fn register(
             "has_passcode",
         ],
     )?;
-    if let Some(claimed) = take_string(&mut body, "userid")? {
-        if claimed != user.to_string() {
-            return Err(ApiError::WrongUser);
-        }
+    if let Some(claimed) = take_string(&mut body, "userid")?
+        && claimed != user.to_string()
+    {
+        return Err(ApiError::WrongUser);
     }
     let secret =
         take_string(&mut body, "secret")?.ok_or_else(|| field_error("secret", "is required"))?;

@@ -139,10 +139,9 @@ fn generations(dir: &Path, prefix: &str, suffix: &str) -> std::io::Result<Vec<u6
         if let Some(number) = name
             .strip_prefix(prefix)
             .and_then(|n| n.strip_suffix(suffix))
+            && let Ok(generation) = number.parse()
         {
-            if let Ok(generation) = number.parse() {
-                found.push(generation);
-            }
+            found.push(generation);
         }
     }
     found.sort_unstable();
@@ -170,11 +169,22 @@ impl DataDir {
     /// Creates the directory (mode 0700) if needed and takes its lock.
     pub fn lock(path: &Path) -> Result<DataDir, StoreError> {
         use std::os::unix::fs::DirBuilderExt;
+        use std::os::unix::fs::PermissionsExt;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(path)
             .map_err(io(path))?;
+        let mode = std::fs::metadata(path)
+            .map_err(io(path))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            // Password hashes, token digests and device secrets live here.
+            warn!(dir = %path.display(), "the data directory was open to other users; setting it to 0700");
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(path))?;
+        }
         let lock_path = path.join("LOCK");
         let lock = OpenOptions::new()
             .read(true)

@@ -31,7 +31,22 @@ impl TestServer {
 
     /// Starts with the test defaults adjusted by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
+        TestServer::start_in(tempfile::tempdir().expect("temp dir"), adjust).await
+    }
+
+    /// Starts on an existing data directory (a restart), adjusted by `adjust`.
+    pub async fn start_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::try_start_in(dir, adjust)
+            .await
+            .map_err(|(e, _)| e)
+            .expect("open gateway")
+    }
+
+    /// Like `start_in`, but hands the directory back with the error if start-up refuses it.
+    pub async fn try_start_in(
+        dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Result<TestServer, (wheresmyfox::store::StoreError, tempfile::TempDir)> {
         let mut config = Config::for_test(dir.path());
         adjust(&mut config);
         config.validate().expect("test config is valid");
@@ -39,18 +54,34 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let gateway = Gateway::open(config).expect("open gateway");
+        let gateway = match Gateway::open(config) {
+            Ok(gateway) => gateway,
+            Err(e) => return Err((e, dir)),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(listener, gateway.clone(), async {
             let _ = stopped.await;
         }));
-        TestServer {
+        Ok(TestServer {
             addr,
             gateway,
             stop: Some(stop),
             task: Some(task),
             dir,
+        })
+    }
+
+    /// Stops cleanly (final snapshot) and hands back the data directory.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        drop(self);
+        dir
     }
 
     /// Signals shutdown and waits for the server to finish.
