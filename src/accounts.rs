@@ -7,8 +7,6 @@
 //! - Signing in with an unknown email costs the same hash as a known one, so response time
 //!   does not reveal who has an account.
 
-use std::sync::Arc;
-
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
@@ -41,7 +39,7 @@ pub struct Accounts {
     /// Lifetime of a session token, in milliseconds.
     token_ttl_ms: u64,
     /// A hash to verify against when the email is unknown (constant-time sign-in).
-    decoy_hash: Arc<String>,
+    decoy_hash: std::sync::OnceLock<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,9 +73,7 @@ impl Accounts {
             users: DashMap::new(),
             tokens: DashMap::new(),
             token_ttl_ms: token_ttl_hours.saturating_mul(3_600_000),
-            decoy_hash: Arc::new(
-                hash_password("decoy password, never matches").unwrap_or_default(),
-            ),
+            decoy_hash: std::sync::OnceLock::new(),
         }
     }
 
@@ -141,7 +137,11 @@ impl Accounts {
             .and_then(|id| self.users.get(&id).map(|u| u.clone()));
         let stored = match &user {
             Some(user) => user.password_hash.clone(),
-            None => self.decoy_hash.as_ref().clone(),
+            // Made on first use (hashing is slow on purpose), then kept.
+            None => self
+                .decoy_hash
+                .get_or_init(|| hash_password("decoy password, never matches").unwrap_or_default())
+                .clone(),
         };
         let password = password.to_owned();
         let matches = tokio::task::spawn_blocking(move || verify_password(&password, &stored))

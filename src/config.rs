@@ -74,6 +74,8 @@ pub struct DevicesConfig {
     pub positions_max_age_hours: u64,
     /// How many command outcomes are kept per device.
     pub outcomes_kept: usize,
+    /// How long command outcomes are kept, in hours.
+    pub outcomes_max_age_hours: u64,
     /// How many events are kept per device for the owner's events poll.
     pub events_kept: usize,
 }
@@ -181,6 +183,7 @@ impl Default for DevicesConfig {
             positions_kept: 20,
             positions_max_age_hours: 24 * 7,
             outcomes_kept: 20,
+            outcomes_max_age_hours: 24 * 30,
             events_kept: 200,
         }
     }

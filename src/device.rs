@@ -331,9 +331,16 @@ impl Device {
         self.with(|s| s.removed)
     }
 
-    /// The durable state and the secret, for a snapshot; `None` once forgotten.
-    pub fn image(&self) -> Option<(DeviceData, String)> {
-        self.with(|s| (!s.removed).then(|| (s.data.clone(), s.secret.clone())))
+    /// The durable state and the secret, for a snapshot (history past its retention
+    /// dropped); `None` once forgotten.
+    pub fn image(&self, limits: &DevicesConfig) -> Option<(DeviceData, String)> {
+        self.with(|s| {
+            if s.removed {
+                return None;
+            }
+            s.data.prune(now_ms(), limits);
+            Some((s.data.clone(), s.secret.clone()))
+        })
     }
 
     pub fn version(&self) -> u64 {
@@ -895,9 +902,7 @@ impl DeviceData {
                     error: error.clone(),
                     at_ms: *at_ms,
                 });
-                while self.outcomes.len() > limits.outcomes_kept {
-                    self.outcomes.pop_front();
-                }
+                self.prune(*at_ms, limits);
             }
             DeviceChange::Position { fix } => self.record_position(*fix, limits),
             DeviceChange::Lockable { value } => self.lockable = Some(*value),
@@ -908,11 +913,11 @@ impl DeviceData {
         if let Some(previous) = self.last_position.replace(fix) {
             self.previous_positions.push_back(previous);
         }
-        self.prune_positions(fix.received_ms, limits);
+        self.prune(fix.received_ms, limits);
     }
 
-    /// Drops previous positions beyond the configured count or age.
-    pub fn prune_positions(&mut self, now: u64, limits: &DevicesConfig) {
+    /// Drops previous positions and outcomes beyond the configured counts or ages.
+    pub fn prune(&mut self, now: u64, limits: &DevicesConfig) {
         let horizon = now.saturating_sub(limits.positions_max_age_hours * 3_600_000);
         while self
             .previous_positions
@@ -921,6 +926,12 @@ impl DeviceData {
             || self.previous_positions.len() > limits.positions_kept
         {
             self.previous_positions.pop_front();
+        }
+        let horizon = now.saturating_sub(limits.outcomes_max_age_hours * 3_600_000);
+        while self.outcomes.front().is_some_and(|o| o.at_ms < horizon)
+            || self.outcomes.len() > limits.outcomes_kept
+        {
+            self.outcomes.pop_front();
         }
     }
 }

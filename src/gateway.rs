@@ -124,6 +124,7 @@ impl Gateway {
             &self.accounts,
             &self.registry,
             &self.sealer,
+            &self.config.devices,
         )
         .await
     }

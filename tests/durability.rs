@@ -514,3 +514,64 @@ async fn everything_answered_before_kill_9_is_there_after_restart() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn recovery_never_panics_on_damaged_files() {
+    let server = TestServer::start_with(|c| c.storage.snapshot_interval_secs = 3600).await;
+    let mut owner = server.owner("fuzz").await;
+    let (id, secret) = register(&mut owner, "Fuzzed").await;
+    let mut device = DeviceClient::new(server.http(), &id, &secret);
+    owner
+        .command(&id, &json!({"l":{"c":"1234"},"r":{"p":1,"d":5}}))
+        .await
+        .unwrap();
+    device.exchange(&json!({}), Some(0)).await.unwrap();
+    device
+        .exchange(
+            &json!({"l":{"ok":true},"t":{"ok":true,"la":1.0,"lo":2.0,"ti":1700000000}}),
+            Some(0),
+        )
+        .await
+        .unwrap();
+    server.gateway.snapshot().await.unwrap();
+    owner.command(&id, &json!({"e":{}})).await.unwrap();
+    let dir = server.stop_keeping_data().await;
+    let originals: Vec<(PathBuf, Vec<u8>)> = files(dir.path(), "journal-")
+        .into_iter()
+        .chain(files(dir.path(), "snapshot-"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    let config = wheresmyfox::Config::for_test(dir.path());
+    let sealer = wheresmyfox::store::seal::Sealer::new(None);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..300 {
+        let (path, bytes) = &originals[round % originals.len()];
+        let mut damaged = bytes.clone();
+        match next() % 3 {
+            0 => {
+                let at = (next() as usize) % damaged.len();
+                damaged[at] ^= (next() as u8) | 1;
+            }
+            1 => damaged.truncate((next() as usize) % damaged.len()),
+            _ => {
+                let at = (next() as usize) % damaged.len();
+                let extra: Vec<u8> = (0..(next() % 64)).map(|_| next() as u8).collect();
+                damaged.splice(at..at, extra);
+            }
+        }
+        std::fs::write(path, &damaged).unwrap();
+        // Ok or a clear error; never a panic.
+        let _ = wheresmyfox::store::check(&config, &sealer);
+        std::fs::write(path, bytes).unwrap();
+    }
+    assert!(wheresmyfox::store::check(&config, &sealer).is_ok());
+}

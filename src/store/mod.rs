@@ -37,7 +37,7 @@ use tracing::{info, warn};
 pub use journal::{Commit, Durability, Journal};
 
 use crate::accounts::Accounts;
-use crate::config::Config;
+use crate::config::{Config, DevicesConfig};
 use crate::registry::Registry;
 use record::{DeviceChange, Record, SnapshotEntry};
 use seal::Sealer;
@@ -458,7 +458,7 @@ fn restore(
             secret,
             mut data,
         } => {
-            data.prune_positions(crate::clock::now_ms(), &config.devices);
+            data.prune(crate::clock::now_ms(), &config.devices);
             registry.restore(id, *data, sealer.open(&secret)?);
         }
         SnapshotEntry::End { .. } => {}
@@ -548,6 +548,7 @@ pub async fn snapshot(
     accounts: &Arc<Accounts>,
     registry: &Arc<Registry>,
     sealer: &Arc<Sealer>,
+    limits: &DevicesConfig,
 ) -> std::io::Result<SnapshotStats> {
     use std::sync::atomic::Ordering;
     let started = std::time::Instant::now();
@@ -556,14 +557,17 @@ pub async fn snapshot(
         .rotate(journal_path(&dir.path, generation), generation)
         .await?;
     dir.generation.store(generation, Ordering::Relaxed);
-    let (dir2, accounts, registry, sealer) = (
+    let (dir2, accounts, registry, sealer, limits) = (
         dir.clone(),
         accounts.clone(),
         registry.clone(),
         sealer.clone(),
+        limits.clone(),
     );
     let mut stats = tokio::task::spawn_blocking(move || {
-        write_snapshot(&dir2.path, generation, &accounts, &registry, &sealer)
+        write_snapshot(
+            &dir2.path, generation, &accounts, &registry, &sealer, &limits,
+        )
     })
     .await
     .map_err(std::io::Error::other)??;
@@ -586,6 +590,7 @@ pub fn write_snapshot(
     accounts: &Accounts,
     registry: &Registry,
     sealer: &Sealer,
+    limits: &DevicesConfig,
 ) -> std::io::Result<SnapshotStats> {
     let path = snapshot_path(dir, generation);
     let temporary = path.with_extension("wmfs.tmp");
@@ -630,7 +635,7 @@ pub fn write_snapshot(
         entries += 1;
     }
     for device in registry.devices() {
-        let Some((data, secret)) = device.image() else {
+        let Some((data, secret)) = device.image(limits) else {
             continue;
         };
         put(
