@@ -104,6 +104,10 @@ fn park_wake(c: &mut Criterion) {
     });
 }
 
+/// Devices polled in turn: a real phone polls a few times a minute, and the server refuses
+/// more requests from one device within one second than its nonce cache holds.
+const DEVICES: usize = 256;
+
 fn device_exchange(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -111,8 +115,9 @@ fn device_exchange(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (mut owner, mut device) = runtime.block_on(async {
-        let config = Config::for_test(dir.path());
+    let (mut owner, mut devices) = runtime.block_on(async {
+        let mut config = Config::for_test(dir.path());
+        config.devices.max_per_user = DEVICES;
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .unwrap();
@@ -122,19 +127,31 @@ fn device_exchange(c: &mut Criterion) {
         let mut owner = OwnerClient::sign_up(addr, "bench@example.com", "correct horse battery")
             .await
             .unwrap();
-        let device = owner.register_device("bench phone").await.unwrap();
-        (owner, device)
+        let mut devices = Vec::new();
+        for i in 0..DEVICES {
+            devices.push(
+                owner
+                    .register_device(&format!("bench phone {i}"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        (owner, devices)
     });
+    let mut turn = 0;
     c.bench_function("loopback/signed_empty_poll", |b| {
         b.iter(|| {
+            turn = (turn + 1) % DEVICES;
             runtime
-                .block_on(device.exchange(&json!({}), Some(0)))
+                .block_on(devices[turn].exchange(&json!({}), Some(0)))
                 .unwrap()
         })
     });
-    let id = device.id().to_owned();
     c.bench_function("loopback/queue_command_then_poll_and_ack", |b| {
         b.iter(|| {
+            turn = (turn + 1) % DEVICES;
+            let device = &mut devices[turn];
+            let id = device.id().to_owned();
             runtime.block_on(async {
                 owner
                     .command(&id, &json!({"r":{"p":1,"d":1}}))

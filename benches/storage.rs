@@ -41,12 +41,20 @@ fn options() -> Options {
         .find(|w| w[0] == "--devices")
         .and_then(|w| w[1].parse().ok())
         .unwrap_or(if quick { 2_000 } else { 1_000_000 });
-    Options { devices, seconds: if quick { 1 } else { 5 }, quick }
+    Options {
+        devices,
+        seconds: if quick { 1 } else { 5 },
+        quick,
+    }
 }
 
 fn main() {
     let options = options();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let config = Config::default();
     println!("# storage benchmark: {} devices", options.devices);
 
@@ -54,13 +62,21 @@ fn main() {
     let registry = Registry::default();
     let accounts = Accounts::new(24);
     let started = Instant::now();
-    let owners: Vec<UserId> = (0..options.devices.div_ceil(5)).map(|_| UserId::random()).collect();
+    let owners: Vec<UserId> = (0..options.devices.div_ceil(5))
+        .map(|_| UserId::random())
+        .collect();
     for (i, owner) in owners.iter().enumerate() {
         accounts.restore_account(*owner, format!("owner{i}@example.com"), "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA".into(), 0);
     }
     for i in 0..options.devices {
         let fix = |k: u64| Fix {
-            position: Position { lat: 48.85 + k as f64 * 1e-4, lon: 2.35, time_ms: 1_763_000_000_000 + k, alt: None, acc: Some(12.0) },
+            position: Position {
+                lat: 48.85 + k as f64 * 1e-4,
+                lon: 2.35,
+                time_ms: 1_763_000_000_000 + k,
+                alt: None,
+                acc: Some(12.0),
+            },
             received_ms: wheresmyfox::clock::now_ms(),
         };
         let data = DeviceData {
@@ -73,11 +89,18 @@ fn main() {
             last_position: Some(fix(6)),
             previous_positions: (1..=5).map(fix).collect::<VecDeque<_>>(),
             last_exchange_ms: Some(1_763_000_000_000),
-            outbox: Outbox { next_seq: 1, items: Vec::new() },
+            outbox: Outbox {
+                next_seq: 1,
+                items: Vec::new(),
+            },
             outcomes: VecDeque::new(),
             flags: Flags::default(),
         };
-        registry.restore(DeviceId::random(), data, wheresmyfox::client::random_secret());
+        registry.restore(
+            DeviceId::random(),
+            data,
+            wheresmyfox::client::random_secret(),
+        );
     }
     println!("built in memory: {:.1} s", started.elapsed().as_secs_f64());
 
@@ -85,7 +108,15 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let sealer = Sealer::new(None);
     let started = Instant::now();
-    let stats = store::write_snapshot(dir.path(), 2, &accounts, &registry, &sealer, &config.devices).unwrap();
+    let stats = store::write_snapshot(
+        dir.path(),
+        2,
+        &accounts,
+        &registry,
+        &sealer,
+        &config.devices,
+    )
+    .unwrap();
     let snapshot_secs = started.elapsed().as_secs_f64();
     println!(
         "snapshot: {} devices, {} accounts, {:.1} MB in {:.2} s ({:.0} bytes/device)",
@@ -106,11 +137,16 @@ fn main() {
         let data_dir = DataDir::lock(dir.path()).unwrap();
         let accounts = Accounts::new(24);
         let registry = Registry::default();
-        let result = store::recover(&data_dir, &restart_config, &accounts, &registry, &sealer).unwrap();
+        let result =
+            store::recover(&data_dir, &restart_config, &accounts, &registry, &sealer).unwrap();
         assert_eq!(registry.len(), options.devices);
         result
     };
-    println!("restart: recovered {} devices in {:.2} s", options.devices, started.elapsed().as_secs_f64());
+    println!(
+        "restart: recovered {} devices in {:.2} s",
+        options.devices,
+        started.elapsed().as_secs_f64()
+    );
     let _ = recovered;
     runtime.block_on(journal.close());
     drop(dir);
@@ -118,16 +154,27 @@ fn main() {
     // 4. Acknowledged commands per second, per policy, 64 concurrent writers.
     for policy in [FsyncPolicy::Always, FsyncPolicy::Interval] {
         let rate = runtime.block_on(commands_per_second(policy, options.seconds));
-        println!("queued commands acknowledged: {rate:.0}/s with fsync = {policy:?} (64 concurrent owners)");
+        println!(
+            "queued commands acknowledged: {rate:.0}/s with fsync = {policy:?} (64 concurrent owners)"
+        );
     }
 
     // 5. Wake latency with and without a snapshot being written at the same time.
-    let devices = if options.quick { 1_000 } else { options.devices.min(200_000) };
+    let devices = if options.quick {
+        1_000
+    } else {
+        options.devices.min(200_000)
+    };
     for during_snapshot in [false, true] {
-        let (p50, p99, max, snapshots) = runtime.block_on(wake_latency(devices, during_snapshot, options.seconds));
+        let (p50, p99, max, snapshots) =
+            runtime.block_on(wake_latency(devices, during_snapshot, options.seconds));
         println!(
             "wake latency over {devices} parked devices{}: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
-            if during_snapshot { format!(", {snapshots} snapshots written meanwhile") } else { String::new() },
+            if during_snapshot {
+                format!(", {snapshots} snapshots written meanwhile")
+            } else {
+                String::new()
+            },
             p50.as_secs_f64() * 1e6,
             p99.as_secs_f64() * 1e6,
             max.as_secs_f64() * 1e6
@@ -137,7 +184,13 @@ fn main() {
 
 /// Opens a fresh store (in a temp dir) with one device per writer.
 /// The store's pieces; the `DataDir` holds the directory's lock while the benchmark runs.
-type Fresh = (tempfile::TempDir, DataDir, Arc<Registry>, Arc<Journal>, Arc<Accounts>);
+type Fresh = (
+    tempfile::TempDir,
+    DataDir,
+    Arc<Registry>,
+    Arc<Journal>,
+    Arc<Accounts>,
+);
 
 fn fresh_store(policy: FsyncPolicy, devices: usize) -> Fresh {
     let dir = tempfile::tempdir().unwrap();
@@ -146,7 +199,8 @@ fn fresh_store(policy: FsyncPolicy, devices: usize) -> Fresh {
     let data_dir = DataDir::lock(dir.path()).unwrap();
     let accounts = Arc::new(Accounts::new(24));
     let registry = Arc::new(Registry::default());
-    let (journal, _) = store::recover(&data_dir, &config, &accounts, &registry, &Sealer::new(None)).unwrap();
+    let (journal, _) =
+        store::recover(&data_dir, &config, &accounts, &registry, &Sealer::new(None)).unwrap();
     let owner = UserId::random();
     for i in 0..devices {
         let data = DeviceData {
@@ -159,11 +213,18 @@ fn fresh_store(policy: FsyncPolicy, devices: usize) -> Fresh {
             last_position: None,
             previous_positions: VecDeque::new(),
             last_exchange_ms: None,
-            outbox: Outbox { next_seq: 1, items: Vec::new() },
+            outbox: Outbox {
+                next_seq: 1,
+                items: Vec::new(),
+            },
             outcomes: VecDeque::new(),
             flags: Flags::default(),
         };
-        registry.restore(DeviceId::random(), data, wheresmyfox::client::random_secret());
+        registry.restore(
+            DeviceId::random(),
+            data,
+            wheresmyfox::client::random_secret(),
+        );
     }
     (dir, data_dir, registry, Arc::new(journal), accounts)
 }
@@ -177,11 +238,20 @@ async fn commands_per_second(policy: FsyncPolicy, seconds: u64) -> f64 {
     let command = CommandSet::from_json(&json!({"r":{"p":10,"d":60}})).unwrap();
     let mut tasks = Vec::new();
     for device in registry.devices() {
-        let (journal, sealer, limits, done, stop, command) =
-            (journal.clone(), sealer.clone(), limits.clone(), done.clone(), stop.clone(), command.clone());
+        let (journal, sealer, limits, done, stop, command) = (
+            journal.clone(),
+            sealer.clone(),
+            limits.clone(),
+            done.clone(),
+            stop.clone(),
+            command.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let storage = Storage { journal: &journal, sealer: &sealer };
+                let storage = Storage {
+                    journal: &journal,
+                    sealer: &sealer,
+                };
                 let (_, commit) = device.queue(command.clone(), &limits, storage);
                 commit.wait().await.unwrap();
                 device.mailbox.notify();
@@ -200,7 +270,11 @@ async fn commands_per_second(policy: FsyncPolicy, seconds: u64) -> f64 {
     done.load(Ordering::Relaxed) as f64 / elapsed
 }
 
-async fn wake_latency(devices: usize, during_snapshot: bool, seconds: u64) -> (Duration, Duration, Duration, u64) {
+async fn wake_latency(
+    devices: usize,
+    during_snapshot: bool,
+    seconds: u64,
+) -> (Duration, Duration, Duration, u64) {
     let (dir, _lock, registry, journal, accounts) = fresh_store(FsyncPolicy::Always, devices);
     let sealer = Arc::new(Sealer::new(None));
     let limits = Config::default().devices;
@@ -222,15 +296,24 @@ async fn wake_latency(devices: usize, during_snapshot: bool, seconds: u64) -> (D
     let stop = Arc::new(AtomicBool::new(false));
     let snapshots = Arc::new(AtomicU64::new(0));
     let snapshotter = during_snapshot.then(|| {
-        let (stop, snapshots, registry, accounts, sealer, limits) =
-            (stop.clone(), snapshots.clone(), registry.clone(), accounts.clone(), sealer.clone(), limits.clone());
+        let (stop, snapshots, registry, accounts, sealer, limits) = (
+            stop.clone(),
+            snapshots.clone(),
+            registry.clone(),
+            accounts.clone(),
+            sealer.clone(),
+            limits.clone(),
+        );
         let path = dir.path().to_owned();
         std::thread::spawn(move || {
             let mut generation = 100;
             while !stop.load(Ordering::Relaxed) {
                 generation += 1;
-                store::write_snapshot(&path, generation, &accounts, &registry, &sealer, &limits).unwrap();
-                let _ = std::fs::remove_file(path.join(format!("snapshot-{:016}.wmfs", generation - 1)));
+                store::write_snapshot(&path, generation, &accounts, &registry, &sealer, &limits)
+                    .unwrap();
+                let _ = std::fs::remove_file(
+                    path.join(format!("snapshot-{:016}.wmfs", generation - 1)),
+                );
                 snapshots.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -243,7 +326,10 @@ async fn wake_latency(devices: usize, during_snapshot: bool, seconds: u64) -> (D
         next = (next * 7919 + 13) % all.len();
         let device = &all[next];
         let started = Instant::now();
-        let storage = Storage { journal: &journal, sealer: &sealer };
+        let storage = Storage {
+            journal: &journal,
+            sealer: &sealer,
+        };
         let (_, commit) = device.queue(command.clone(), &limits, storage);
         commit.wait().await.unwrap();
         device.mailbox.notify();
@@ -263,5 +349,10 @@ async fn wake_latency(devices: usize, during_snapshot: bool, seconds: u64) -> (D
     journal.close().await;
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    (at(0.5), at(0.99), *latencies.last().unwrap(), snapshots.load(Ordering::Relaxed))
+    (
+        at(0.5),
+        at(0.99),
+        *latencies.last().unwrap(),
+        snapshots.load(Ordering::Relaxed),
+    )
 }

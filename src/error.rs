@@ -39,7 +39,9 @@ pub enum ApiError {
         now: u64,
         tsm: String,
     },
-    #[error("this nonce was already used: sign each request with a fresh nonce")]
+    #[error(
+        "this nonce was already used, or the device sent more requests within one second than can be told apart from replays: sign each request with a fresh nonce"
+    )]
     HawkReplay,
     #[error("userid does not match the signed-in account")]
     WrongUser,
