@@ -20,7 +20,7 @@ use serde_json::json;
 use wheresmyfox::Config;
 use wheresmyfox::accounts::Accounts;
 use wheresmyfox::config::FsyncPolicy;
-use wheresmyfox::device::{DeviceData, Fix, Flags, Outbox, Storage};
+use wheresmyfox::device::{DeviceData, Fix, Storage};
 use wheresmyfox::ids::{DeviceId, UserId};
 use wheresmyfox::protocol::{CommandSet, Position};
 use wheresmyfox::registry::Registry;
@@ -79,23 +79,17 @@ fn main() {
             },
             received_ms: wheresmyfox::clock::now_ms(),
         };
-        let data = DeviceData {
-            owner: owners[i / 5],
-            v: 7,
-            name: format!("Phone {i}"),
-            push_url: "https://push.example.com/v1/gAAAAABl3x9example".into(),
-            registered_ms: 1_763_000_000_000,
-            lockable: Some(true),
-            last_position: Some(fix(6)),
-            previous_positions: (1..=5).map(fix).collect::<VecDeque<_>>(),
-            last_exchange_ms: Some(1_763_000_000_000),
-            outbox: Outbox {
-                next_seq: 1,
-                items: Vec::new(),
-            },
-            outcomes: VecDeque::new(),
-            flags: Flags::default(),
-        };
+        let mut data = DeviceData::new(
+            owners[i / 5],
+            format!("Phone {i}"),
+            "https://push.example.com/v1/gAAAAABl3x9example".into(),
+            1_763_000_000_000,
+        );
+        data.v = 7;
+        data.lockable = Some(true);
+        data.last_position = Some(fix(6));
+        data.previous_positions = (1..=5).map(fix).collect::<VecDeque<_>>();
+        data.last_exchange_ms = Some(1_763_000_000_000);
         registry.restore(
             DeviceId::random(),
             data,
@@ -203,23 +197,12 @@ fn fresh_store(policy: FsyncPolicy, devices: usize) -> Fresh {
         store::recover(&data_dir, &config, &accounts, &registry, &Sealer::new(None)).unwrap();
     let owner = UserId::random();
     for i in 0..devices {
-        let data = DeviceData {
+        let data = DeviceData::new(
             owner,
-            v: 1,
-            name: format!("Phone {i}"),
-            push_url: "https://push.example.com/x".into(),
-            registered_ms: 0,
-            lockable: None,
-            last_position: None,
-            previous_positions: VecDeque::new(),
-            last_exchange_ms: None,
-            outbox: Outbox {
-                next_seq: 1,
-                items: Vec::new(),
-            },
-            outcomes: VecDeque::new(),
-            flags: Flags::default(),
-        };
+            format!("Phone {i}"),
+            "https://push.example.com/x".into(),
+            0,
+        );
         registry.restore(
             DeviceId::random(),
             data,

@@ -248,23 +248,8 @@ struct DeviceState {
 impl Device {
     /// A newly registered device. The caller journals the `Registered` record.
     pub fn new(id: DeviceId, owner: UserId, registration: Registration, now: u64) -> Device {
-        let data = DeviceData {
-            owner,
-            v: 1,
-            name: registration.name.unwrap_or_else(|| "My device".to_owned()),
-            push_url: registration.push_url,
-            registered_ms: now,
-            lockable: None,
-            last_position: None,
-            previous_positions: VecDeque::new(),
-            last_exchange_ms: None,
-            outbox: Outbox {
-                next_seq: 1,
-                items: Vec::new(),
-            },
-            outcomes: VecDeque::new(),
-            flags: Flags::default(),
-        };
+        let name = registration.name.unwrap_or_else(|| "My device".to_owned());
+        let data = DeviceData::new(owner, name, registration.push_url, now);
         let device = Device::restore(id, data, registration.secret);
         device.with(|s| s.push_event(EventKind::Registered, usize::MAX));
         device
@@ -835,6 +820,27 @@ impl DeviceState {
 // === DeviceData ===
 
 impl DeviceData {
+    /// A freshly registered device's state (version 1).
+    pub fn new(owner: UserId, name: String, push_url: String, registered_ms: u64) -> DeviceData {
+        DeviceData {
+            owner,
+            v: 1,
+            name,
+            push_url,
+            registered_ms,
+            lockable: None,
+            last_position: None,
+            previous_positions: VecDeque::new(),
+            last_exchange_ms: None,
+            outbox: Outbox {
+                next_seq: 1,
+                items: Vec::new(),
+            },
+            outcomes: VecDeque::new(),
+            flags: Flags::default(),
+        }
+    }
+
     /// Applies one change. The same code runs live and when the journal is replayed.
     pub fn apply(&mut self, change: &DeviceChange, limits: &DevicesConfig) {
         self.v += 1;

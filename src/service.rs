@@ -263,11 +263,7 @@ async fn create_account(
     if !gateway.config.accounts.signup {
         return Err(ApiError::SignupClosed);
     }
-    only_fields(&body, &["email", "password"])?;
-    let email =
-        take_string(&mut body, "email")?.ok_or_else(|| field_error("email", "is required"))?;
-    let password = take_string(&mut body, "password")?
-        .ok_or_else(|| field_error("password", "is required"))?;
+    let (email, password) = credentials(&mut body)?;
     let user = gateway
         .accounts
         .create(&email, &password, &gateway.journal)
@@ -282,11 +278,7 @@ async fn sign_in(
     gateway: &Gateway,
     mut body: Map<String, Value>,
 ) -> Result<Response<Body>, ApiError> {
-    only_fields(&body, &["email", "password"])?;
-    let email =
-        take_string(&mut body, "email")?.ok_or_else(|| field_error("email", "is required"))?;
-    let password = take_string(&mut body, "password")?
-        .ok_or_else(|| field_error("password", "is required"))?;
+    let (email, password) = credentials(&mut body)?;
     let issued = gateway
         .accounts
         .sign_in(&email, &password, &gateway.journal)
@@ -295,6 +287,15 @@ async fn sign_in(
         StatusCode::OK,
         &json!({ "token": issued.token, "userid": issued.user }),
     ))
+}
+
+/// `{"email","password"}`, both required, nothing else.
+fn credentials(body: &mut Map<String, Value>) -> Result<(String, String), ApiError> {
+    only_fields(body, &["email", "password"])?;
+    let email = take_string(body, "email")?.ok_or_else(|| field_error("email", "is required"))?;
+    let password =
+        take_string(body, "password")?.ok_or_else(|| field_error("password", "is required"))?;
+    Ok((email, password))
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode, header};
 use serde_json::{Value, json};
 
-use support::{TestServer, assert_error, device_view};
+use support::{TestServer, assert_error, device_view, send_signed};
 use wheresmyfox::client::{ClientError, DeviceClient, HttpClient};
 
 fn status_error(
@@ -259,21 +259,7 @@ async fn a_stale_timestamp_gets_the_standard_challenge_and_the_client_recovers()
     let id = device.id().to_owned();
     device.set_clock_offset(-600);
     let path = format!("/1/cmd/{id}?wait=0");
-    let authorization = device.authorization(&path, b"{}").unwrap();
-    let reply = device
-        .http()
-        .send(
-            Method::POST,
-            &path,
-            &[
-                (header::AUTHORIZATION, authorization),
-                (header::CONTENT_TYPE, "application/json".into()),
-            ],
-            Bytes::from_static(b"{}"),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let reply = send_signed(&mut device, &path, b"{}", b"{}").await;
     let body: Value = serde_json::from_slice(&reply.body).unwrap();
     assert_error(reply.status, &body, 401, 116, "timestamp");
     let challenge = reply.headers[header::WWW_AUTHENTICATE]
@@ -349,21 +335,7 @@ async fn bad_credentials_are_refused_without_a_state_change() {
     // A body changed after signing fails the MAC.
     let mut device = device;
     let path = format!("/1/cmd/{id}?wait=0");
-    let authorization = device.authorization(&path, b"{}").unwrap();
-    let reply = device
-        .http()
-        .send(
-            Method::POST,
-            &path,
-            &[
-                (header::AUTHORIZATION, authorization),
-                (header::CONTENT_TYPE, "application/json".into()),
-            ],
-            Bytes::from_static(br#"{"e":{"ok":true}}"#),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let reply = send_signed(&mut device, &path, b"{}", br#"{"e":{"ok":true}}"#).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
 
     let view = device_view(&mut owner, &id).await;
@@ -526,21 +498,7 @@ async fn the_wait_is_capped_by_config_and_ends_with_an_empty_answer() {
     assert!(commands.is_empty());
     assert_eq!(server.parked(), 0);
     let path = format!("/1/cmd/{}?wait=soon", device.id());
-    let authorization = device.authorization(&path, b"{}").unwrap();
-    let reply = device
-        .http()
-        .send(
-            Method::POST,
-            &path,
-            &[
-                (header::AUTHORIZATION, authorization),
-                (header::CONTENT_TYPE, "application/json".into()),
-            ],
-            Bytes::from_static(b"{}"),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let reply = send_signed(&mut device, &path, b"{}", b"{}").await;
     let body: Value = serde_json::from_slice(&reply.body).unwrap();
     assert_error(reply.status, &body, 400, 101, "wait");
     assert!(

@@ -3,14 +3,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use support::binary::Binary;
 use support::{PASSWORD, TestServer, device_view};
 use wheresmyfox::client::{DeviceClient, HttpClient, OwnerClient, random_secret};
 use wheresmyfox::store::StoreError;
@@ -392,33 +392,11 @@ async fn a_second_server_cannot_use_the_same_data_directory() {
 
 // === kill -9 ===
 
-fn spawn_binary(data: &Path) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wheresmyfox"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 #[tokio::test]
 async fn everything_answered_before_kill_9_is_there_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_binary(dir.path());
+    let mut binary = Binary::start_in(dir.path(), &[]);
+    let addr = binary.addr;
     let owner = OwnerClient::sign_up(addr, "kill@example.com", PASSWORD)
         .await
         .unwrap();
@@ -463,8 +441,7 @@ async fn everything_answered_before_kill_9_is_there_after_restart() {
     drop(answered_tx);
     // Let the burst run, then kill the server without warning.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    binary.kill_9();
     for task in tasks {
         task.await.unwrap();
     }
@@ -481,7 +458,8 @@ async fn everything_answered_before_kill_9_is_there_after_restart() {
         devices.len()
     );
 
-    let (mut child, addr) = spawn_binary(dir.path());
+    let binary = Binary::start_in(dir.path(), &[]);
+    let addr = binary.addr;
     let mut owner = OwnerClient {
         http: HttpClient::new(addr),
         token: owner.token,
@@ -511,8 +489,7 @@ async fn everything_answered_before_kill_9_is_there_after_restart() {
             );
         }
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(binary);
 }
 
 #[tokio::test]

@@ -2,15 +2,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::binary::Binary;
 use support::{PASSWORD, TestServer, assert_error};
 use wheresmyfox::client::{DeviceClient, HttpClient, OwnerClient};
 
@@ -154,80 +155,6 @@ async fn shutdown_answers_parked_polls_with_an_empty_signed_object() {
 }
 
 // === The binary ===
-
-struct Binary {
-    child: Child,
-    addr: std::net::SocketAddr,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Binary {
-    fn start(extra: &[&str]) -> Binary {
-        let dir = tempfile::tempdir().unwrap();
-        let mut binary = Binary::start_in(dir.path(), extra);
-        binary._dir = Some(dir);
-        binary
-    }
-
-    fn start_in(data_dir: &std::path::Path, extra: &[&str]) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wheresmyfox"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the server exited before listening")
-                .unwrap();
-            if let Some(rest) = line.split("addr=").nth(1) {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Binary {
-            child,
-            addr,
-            _dir: None,
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn sigterm_releases_parked_polls_and_exits(signal: &str) {
     let mut binary = Binary::start(&[]);

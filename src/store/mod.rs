@@ -155,6 +155,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// Truncates a file at `offset`, durably.
+fn cut_at(path: &Path, offset: usize) -> Result<(), StoreError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    file.set_len(offset as u64).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}
+
 fn read_all(path: &Path) -> Result<Vec<u8>, StoreError> {
     let mut bytes = Vec::new();
     File::open(path)
@@ -340,12 +350,7 @@ fn recover_state(
                 warn!(journal = %path.display(), offset, bytes = cut, "cut a torn record at the end of the journal (a write interrupted by a crash; it was never acknowledged)");
                 recovered.torn_bytes = cut as u64;
                 if repair_torn {
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(io(&path))?;
-                    file.set_len(offset as u64).map_err(io(&path))?;
-                    file.sync_all().map_err(io(&path))?;
+                    cut_at(&path, offset)?;
                 }
             }
             frame::Ending::Torn { offset } => {
@@ -497,23 +502,13 @@ fn replay(
                 at_ms,
             } => {
                 if registry.get(id).is_none() {
-                    let data = crate::device::DeviceData {
-                        owner: *owner,
-                        v: *v,
-                        name: name.clone(),
-                        push_url: push_url.clone(),
-                        registered_ms: *at_ms,
-                        lockable: None,
-                        last_position: None,
-                        previous_positions: Default::default(),
-                        last_exchange_ms: None,
-                        outbox: crate::device::Outbox {
-                            next_seq: 1,
-                            items: Vec::new(),
-                        },
-                        outcomes: Default::default(),
-                        flags: Default::default(),
-                    };
+                    let mut data = crate::device::DeviceData::new(
+                        *owner,
+                        name.clone(),
+                        push_url.clone(),
+                        *at_ms,
+                    );
+                    data.v = *v;
                     registry.restore(*id, data, sealer.open(secret)?);
                 }
             }
@@ -718,12 +713,7 @@ pub fn repair(config: &Config, sealer: &Sealer) -> Result<Vec<String>, StoreErro
                 let bytes = read_all(&path)?;
                 let aside = path.with_extension(format!("wmfj.damaged-at-{offset}"));
                 std::fs::write(&aside, &bytes[offset..]).map_err(io(&aside))?;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io(&path))?;
-                file.set_len(offset as u64).map_err(io(&path))?;
-                file.sync_all().map_err(io(&path))?;
+                cut_at(&path, offset)?;
                 done.push(format!(
                     "cut {} at byte {offset}; the {after} unreadable bytes after it are in {}",
                     path.display(),

@@ -1,6 +1,8 @@
 //! Test support: the real gateway on a loopback port, stopped on drop.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -170,6 +172,30 @@ pub fn assert_error(
         message.contains(needle),
         "message {message:?} should mention {needle:?}"
     );
+}
+
+/// Sends a device request by hand: `Authorization` signed over `signed`, body `sent`.
+pub async fn send_signed(
+    device: &mut DeviceClient,
+    path: &str,
+    signed: &[u8],
+    sent: &'static [u8],
+) -> wheresmyfox::client::Reply {
+    let authorization = device.authorization(path, signed).expect("sign");
+    device
+        .http()
+        .send(
+            Method::POST,
+            path,
+            &[
+                (http::header::AUTHORIZATION, authorization),
+                (http::header::CONTENT_TYPE, "application/json".into()),
+            ],
+            bytes::Bytes::from_static(sent),
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .expect("send")
 }
 
 /// `GET /1/devices/{id}` as the owner.
