@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode, header};
 use serde_json::{Value, json};
 
-use support::{TestServer, assert_error, device_view, send_signed};
+use support::{TestServer, assert_error, device_view, register, send_signed};
 use wheresmyfox::client::{ClientError, DeviceClient, HttpClient};
 
 fn status_error(
@@ -167,17 +167,7 @@ async fn a_newer_unsent_command_of_the_same_kind_replaces_the_older() {
 async fn a_newer_poll_releases_the_older_with_an_empty_answer() {
     let server = TestServer::start().await;
     let mut owner = server.owner("supersede").await;
-    let secret = wheresmyfox::client::random_secret();
-    let (status, body) = owner
-        .call(
-            Method::POST,
-            "/1/register",
-            Some(&json!({"secret": secret, "pushurl": "https://push.example.invalid/x"})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let id = body["id"].as_str().unwrap().to_owned();
+    let (id, secret) = register(&mut owner, "phone").await;
     let mut first = DeviceClient::new(server.http(), &id, &secret);
     let old = tokio::spawn(async move { first.exchange(&json!({}), Some(30)).await.unwrap() });
     server.until_parked(1).await;
@@ -576,21 +566,11 @@ async fn behind_a_proxy_signatures_are_checked_against_the_public_url() {
         TestServer::start_with(|c| c.server.public_url = Some("https://find.example.com".into()))
             .await;
     let mut owner = server.owner("public").await;
-    let secret = wheresmyfox::client::random_secret();
-    let (status, body) = owner
-        .call(
-            Method::POST,
-            "/1/register",
-            Some(&json!({"secret": secret, "pushurl": "https://push.example.invalid/x"})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let id = body["id"].as_str().unwrap();
+    let (id, secret) = register(&mut owner, "phone").await;
     // Signed for the URL the device knows, whatever the Host header says on our side.
     let mut device = DeviceClient::new(
         HttpClient::new(server.addr).with_host("find.example.com", 443),
-        id,
+        &id,
         &secret,
     );
     assert!(
@@ -601,7 +581,7 @@ async fn behind_a_proxy_signatures_are_checked_against_the_public_url() {
             .is_empty()
     );
     // Signed for the address the server happens to listen on: refused.
-    let mut direct = DeviceClient::new(server.http(), id, &secret);
+    let mut direct = DeviceClient::new(server.http(), &id, &secret);
     let (status, body) = status_error(direct.exchange(&json!({}), Some(0)).await);
     assert_error(status, &body, 401, 115, "MAC");
 }

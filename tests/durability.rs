@@ -11,7 +11,7 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use support::binary::Binary;
-use support::{PASSWORD, TestServer, device_view};
+use support::{PASSWORD, TestServer, device_view, register};
 use wheresmyfox::client::{DeviceClient, HttpClient, OwnerClient, random_secret};
 use wheresmyfox::store::StoreError;
 
@@ -24,18 +24,6 @@ fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
         .collect();
     found.sort();
     found
-}
-
-/// Registers a device with a known secret, returning (id, secret).
-async fn register(owner: &mut OwnerClient, name: &str) -> (String, String) {
-    let secret = random_secret();
-    let body = json!({"secret": secret, "pushurl": "https://push.example.invalid/x", "name": name});
-    let (status, answer) = owner
-        .call(Method::POST, "/1/register", Some(&body))
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    (answer["id"].as_str().unwrap().to_owned(), secret)
 }
 
 #[tokio::test]

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use wheresmyfox::client::{DeviceClient, HttpClient, OwnerClient};
+use wheresmyfox::client::{DeviceClient, HttpClient, OwnerClient, random_secret};
 use wheresmyfox::{Config, Gateway, server};
 
 pub const PASSWORD: &str = "correct horse battery";
@@ -196,6 +196,18 @@ pub async fn send_signed(
         )
         .await
         .expect("send")
+}
+
+/// Registers a device with a known secret, returning (id, secret).
+pub async fn register(owner: &mut OwnerClient, name: &str) -> (String, String) {
+    let secret = random_secret();
+    let body = json!({"secret": secret, "pushurl": "https://push.example.invalid/x", "name": name});
+    let (status, answer) = owner
+        .call(Method::POST, "/1/register", Some(&body))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    (answer["id"].as_str().unwrap().to_owned(), secret)
 }
 
 /// `GET /1/devices/{id}` as the owner.
