@@ -114,6 +114,11 @@ impl HttpClient {
         self
     }
 
+    /// Drops the kept-alive connection (and any request on it); the next send reconnects.
+    pub fn disconnect(&mut self) {
+        self.sender = None;
+    }
+
     pub fn host(&self) -> (&str, u16) {
         (&self.host, self.port)
     }

@@ -302,9 +302,9 @@ impl Config {
             "must be at least 1",
         )?;
         check(
-            (1..=10_000).contains(&self.devices.max_per_user),
+            (1..=1_000_000).contains(&self.devices.max_per_user),
             "devices.max_per_user",
-            "must be from 1 to 10000",
+            "must be from 1 to 1000000",
         )?;
         check(
             self.devices.positions_kept <= 10_000,
