@@ -42,4 +42,4 @@ for scenario in steady storm flaky; do
         --scenario "$scenario" --server-pid "$SERVER" --out "$OUT/$scenario" --strict 2>/dev/null
     cat "$OUT/$scenario/summary.md"
 done
-echo "loadtest smoke: 3 passed, 0 failed"
+echo "smoke: 3 passed, 0 failed"

@@ -121,6 +121,8 @@ struct Shared {
     polls: AtomicU64,
     /// Device requests on their way or parked, as the devices see it.
     in_poll: AtomicU64,
+    /// Devices that have polled again since the reconnect storm.
+    repolled: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     /// Command-to-device latency, µs.
     latency: Mutex<Histogram<u64>>,
@@ -187,7 +189,7 @@ fn source_ip(index: usize, count: u8) -> IpAddr {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.devices == 0 || !(args.rate > 0.0) {
+    if args.devices == 0 || args.rate.is_nan() || args.rate <= 0.0 {
         bail!("--devices and --rate must be positive");
     }
     std::fs::create_dir_all(&args.out)
@@ -207,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
         skipped: AtomicU64::new(0),
         polls: AtomicU64::new(0),
         in_poll: AtomicU64::new(0),
+        repolled: AtomicU64::new(0),
         errors: Mutex::new(BTreeMap::new()),
         latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         owner_latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
@@ -251,8 +254,13 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = Instant::now();
         storm_tx.send_replace(1);
-        // Parked must first fall (connections dropped), then come back to everyone.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Every device must first have dropped its connection and polled again on a new one;
+        // then the server must hold a parked poll for each.
+        while (shared.repolled.load(Ordering::Relaxed) as usize) < registered.len()
+            && before.elapsed() < Duration::from_secs(120)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let back = wait_parked(&args, &shared, registered.len(), Duration::from_secs(120)).await;
         let total = before.elapsed();
         eprintln!(
@@ -372,9 +380,15 @@ async fn run_device(
     client.enable_ack();
     let mut replies = Map::new();
     let mut backoff = Duration::from_millis(100);
+    let mut storm_seen = 0;
     loop {
         if *stop.borrow() {
             break;
+        }
+        let storm_now = *storm.borrow_and_update();
+        if storm_now != storm_seen {
+            storm_seen = storm_now;
+            shared.repolled.fetch_add(1, Ordering::Relaxed);
         }
         let report = Value::Object(replies.clone());
         let cut_after = (cut_share > 0.0 && rand::thread_rng().gen_bool(cut_share.min(1.0)))
@@ -472,7 +486,7 @@ async fn watch_server(server: SocketAddr, shared: Arc<Shared>, mut stop: watch::
         let at = shared.started.elapsed().as_secs_f64();
         shared.parked_series.lock().unwrap().push((at, parked));
         n += 1;
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             let errors: u64 = shared.errors.lock().unwrap().values().sum();
             eprint!(
                 "\r{at:6.1}s  polling {:>6}  parked {:>6}  sent {:>8}  received {:>8}  errors {:>5}   ",
@@ -491,10 +505,10 @@ async fn wait_parked(args: &Args, shared: &Shared, count: usize, limit: Duration
     let started = Instant::now();
     let mut http = HttpClient::new(args.server);
     while started.elapsed() < limit {
-        if let Ok((_, body)) = http.json(Method::GET, "/__heartbeat__", None, None).await {
-            if body["parked"].as_u64().unwrap_or(0) as usize >= count {
-                return started.elapsed();
-            }
+        if let Ok((_, body)) = http.json(Method::GET, "/__heartbeat__", None, None).await
+            && body["parked"].as_u64().unwrap_or(0) as usize >= count
+        {
+            return started.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -14,7 +14,7 @@ const MARGIN: f64 = 56.0;
 pub fn write(out: &Path, shared: &Shared) -> anyhow::Result<()> {
     let histogram = shared.latency.lock().unwrap().clone();
     let mut points = Vec::new();
-    if histogram.len() > 0 {
+    if !histogram.is_empty() {
         // x: -log10(1 - q), so 90 %, 99 %, 99.9 % are evenly spaced.
         for i in 0..=400 {
             let nines = i as f64 * 4.0 / 400.0;
