@@ -146,9 +146,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let listen = config.server.listen;
         let gateway = Gateway::open(config)?;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+        let listener =
+            server::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
         info!(
             addr = %listener.local_addr()?,
             data_dir = %gateway.config.server.data_dir.display(),

@@ -26,6 +26,23 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::service;
 
+/// Binds the listening socket with a deep accept queue.
+///
+/// Why: after a network blip thousands of phones reconnect within the same second. With the
+/// usual backlog of 128 or 1024, the kernel drops the excess SYNs and those phones wait for
+/// TCP's retransmission (1 s, then 3 s) before they can even ask; the kernel caps the value at
+/// `net.core.somaxconn` (4096 by default since Linux 5.4; see docs).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(65_535)
+}
+
 /// Counts one open connection for as long as it lives.
 struct ConnectionGuard(Arc<Gateway>);
 

@@ -52,9 +52,7 @@ impl TestServer {
         let mut config = Config::for_test(dir.path());
         adjust(&mut config);
         config.validate().expect("test config is valid");
-        let listener = tokio::net::TcpListener::bind(config.server.listen)
-            .await
-            .expect("bind");
+        let listener = server::bind(config.server.listen).expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let gateway = match Gateway::open(config) {
             Ok(gateway) => gateway,
