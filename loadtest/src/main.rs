@@ -52,8 +52,10 @@ pub struct Args {
     /// The `wait` each device asks for, in seconds.
     #[arg(long, default_value_t = 30)]
     pub wait: u64,
-    /// Spread device connections over this many source addresses, 127.0.0.1 upwards.
-    #[arg(long, default_value_t = 4)]
+    /// Spread device connections over this many source addresses, 127.0.0.1 upwards. Each
+    /// has about 28,000 ephemeral ports, and every dropped connection holds one in TIME_WAIT
+    /// for a minute: reconnect storms need several.
+    #[arg(long, default_value_t = 16)]
     pub source_ips: u8,
     /// Owner connections sending commands concurrently.
     #[arg(long, default_value_t = 32)]
