@@ -4,6 +4,8 @@
 //! answer to a verified device request is signed back (`Server-Authorization`).
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +16,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{Map, Value, json};
 use tracing::{debug, warn};
 
-use crate::device::{Device, Registration};
+use crate::device::{Device, DeviceKey, Registration};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::hawk_auth::{self, Signed};
@@ -137,29 +139,42 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
 }
 
 /// Serves one request. Never fails: every error is turned into its JSON response here.
-pub async fn handle<B>(
+///
+/// Returns a boxed future so that what a parked device poll keeps alive is only what its
+/// waiting phase needs (see [`exchange_device`]), not the largest state of any handler.
+pub fn handle<B>(
     request: Request<B>,
     gateway: Arc<Gateway>,
-) -> Result<Response<Body>, Infallible>
+) -> Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let response = match dispatch(request, &gateway).await {
-        Ok(response) => response,
-        Err(error) => error_response(&error),
-    };
-    Ok(response)
+    match route(request.method(), request.uri().path()) {
+        Ok(Route::DeviceExchange(id)) => {
+            let exchange = exchange_device(request, gateway, id);
+            Box::pin(async move { Ok(exchange.await) })
+        }
+        Ok(route) => Box::pin(async move {
+            Ok(dispatch(route, request, &gateway)
+                .await
+                .unwrap_or_else(|error| error_response(&error)))
+        }),
+        Err(error) => Box::pin(std::future::ready(Ok(error_response(&error)))),
+    }
 }
 
-async fn dispatch<B>(request: Request<B>, gateway: &Gateway) -> Result<Response<Body>, ApiError>
+async fn dispatch<B>(
+    route: Route,
+    request: Request<B>,
+    gateway: &Arc<Gateway>,
+) -> Result<Response<Body>, ApiError>
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let route = route(request.method(), request.uri().path())?;
     match route {
-        Route::DeviceExchange(id) => Ok(device_exchange(request, gateway, &id).await),
+        Route::DeviceExchange(id) => Ok(exchange_device(request, gateway.clone(), id).await),
         Route::Heartbeat => Ok(heartbeat(gateway)),
         Route::LbHeartbeat => Ok(json_response(StatusCode::OK, &json!({}))),
         Route::CreateAccount => {
@@ -396,13 +411,56 @@ fn check_push_url(url: &str) -> Result<(), ApiError> {
 /// `POST /1/cmd/{id}`: a device reports, then receives what is pending or parks until
 /// something is queued, the wait ends, a newer poll arrives, or the server stops.
 ///
+/// Two phases, each in its own allocation: accepting the request (which needs the request,
+/// its body and the verification state), then answering (which needs only an [`Exchange`]).
+/// The first is created here, outside the returned future, and freed when it completes, so a
+/// parked poll holds a few hundred bytes rather than everything the first phase needed.
+///
 /// Cancel safety: if the client goes away the future is dropped, which deregisters the parked
 /// poll; queued commands stay in the outbox for the next poll.
-async fn device_exchange<B>(request: Request<B>, gateway: &Gateway, id: &str) -> Response<Body>
+fn exchange_device<B>(
+    request: Request<B>,
+    gateway: Arc<Gateway>,
+    id: String,
+) -> impl Future<Output = Response<Body>> + Send
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let accepting = Box::pin(accept_exchange(request, gateway.clone(), id));
+    async move {
+        match accepting.await {
+            Ok(exchange) => Box::pin(exchange.respond(&gateway)).await,
+            Err(response) => response,
+        }
+    }
+}
+
+/// What answering a verified device request needs once the request itself is gone.
+struct Exchange {
+    device: Arc<Device>,
+    key: Arc<DeviceKey>,
+    /// The request's Hawk header: the answer's MAC is bound to its ts and nonce.
+    hawk_header: hawk::Header,
+    method: Method,
+    host: String,
+    port: u16,
+    path: String,
+    wait: Duration,
+}
+
+/// Authenticates the request, applies its report, and returns what the answer needs; or the
+/// answer itself when the request is refused.
+async fn accept_exchange<B>(
+    request: Request<B>,
+    gateway: Arc<Gateway>,
+    id: String,
+) -> Result<Exchange, Response<Body>>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<BoxError>,
 {
+    let (gateway, id) = (&*gateway, id.as_str());
     let config = &gateway.config;
     let (parts, body) = request.into_parts();
     let verified = async {
@@ -459,93 +517,97 @@ where
         let ts = hawk_auth::unix_secs(hawk_header.ts.unwrap_or(now));
         let nonce = hawk_header.nonce.as_deref().unwrap_or("");
         let window = 2 * config.hawk.skew_secs;
-        if !device.check_nonce(
-            ts,
-            nonce,
-            hawk_auth::unix_secs(now),
-            window,
-            config.hawk.nonces_per_device,
-        ) {
+        let now_secs = hawk_auth::unix_secs(now);
+        if !device.check_nonce(ts, nonce, now_secs, window, config.hawk.nonces_per_device) {
             return Err(ApiError::HawkReplay);
         }
         Ok((device, key, hawk_header, host, port, path, body))
     }
     .await;
     let (device, key, hawk_header, host, port, path, body) = match verified {
-        Ok(parts) => parts,
+        Ok(verified) => verified,
         Err(error) => {
             debug!(device = id, %error, "device request refused");
-            return error_response(&error);
+            return Err(error_response(&error));
         }
     };
-    let method = parts.method.clone();
-    let query = parts.uri.query().unwrap_or("").to_owned();
-    // Only what the answer needs is kept past this point: the request head and body go.
-    drop(parts);
-    let sign = |mut response: Response<Body>, bytes: &[u8]| {
+    let mut exchange = Exchange {
+        device,
+        key,
+        hawk_header,
+        method: parts.method.clone(),
+        host,
+        port,
+        path,
+        wait: Duration::ZERO,
+    };
+    let report = DeviceReport::from_slice(&body).map_err(|e| exchange.fail(&ApiError::from(e)))?;
+    let query = parts.uri.query().unwrap_or("");
+    exchange.wait = wait_param(query, config.poll.wait_secs).map_err(|e| exchange.fail(&e))?;
+    exchange
+        .device
+        .apply_report(&report, &config.devices, gateway.storage())
+        .wait()
+        .await
+        .map_err(|e| exchange.fail(&e))?;
+    Ok(exchange)
+}
+
+impl Exchange {
+    /// Answers with what is pending, or parks until there is something, the wait ends, a
+    /// newer poll supersedes this one, or the server shuts down.
+    async fn respond(self, gateway: &Gateway) -> Response<Body> {
+        let limits = &gateway.config.devices;
+        let device = &self.device;
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let mut shutdown = gateway.shutdown_handle();
+        let mut woken = false;
+        loop {
+            if device.is_removed() {
+                return self.fail(&ApiError::UnknownDevice);
+            }
+            if let Some(delivery) = device.take_delivery(woken, limits) {
+                return self.answer(StatusCode::OK, &delivery.body);
+            }
+            if self.wait.is_zero() || gateway.is_shutting_down() {
+                return self.answer(StatusCode::OK, &json!({}));
+            }
+            let parked = device.mailbox.park();
+            let _counted = gateway.park_guard();
+            tokio::select! {
+                wake = parked => match wake {
+                    Wake::Notified => woken = true,
+                    Wake::Superseded if device.is_removed() => return self.fail(&ApiError::UnknownDevice),
+                    Wake::Superseded => return self.answer(StatusCode::OK, &json!({})),
+                },
+                _ = tokio::time::sleep_until(deadline) => return self.answer(StatusCode::OK, &json!({})),
+                _ = shutdown.wait() => return self.answer(StatusCode::OK, &json!({})),
+            }
+        }
+    }
+
+    /// A JSON answer, signed with `Server-Authorization`.
+    fn answer(&self, status: StatusCode, value: &Value) -> Response<Body> {
+        let bytes = Bytes::from(serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()));
         let signed = Signed {
-            method: method.as_str(),
-            host: &host,
-            port,
-            path: &path,
+            method: self.method.as_str(),
+            host: &self.host,
+            port: self.port,
+            path: &self.path,
         };
-        let value = hawk_auth::sign_response(&hawk_header, &key.0, &signed, bytes);
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        let authorization =
+            hawk_auth::sign_response(&self.hawk_header, &self.key.0, &signed, &bytes);
+        let mut response = bytes_response(status, bytes);
+        if let Ok(value) = HeaderValue::from_str(&authorization) {
             response.headers_mut().insert("server-authorization", value);
         }
         response
-    };
-    let answer = |status: StatusCode, value: &Value| {
-        let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-        sign(bytes_response(status, Bytes::from(bytes.clone())), &bytes)
-    };
-    let fail = |error: &ApiError| {
-        let (status, value) = error_body(error);
-        answer(status, &value)
-    };
-
-    let report = match DeviceReport::from_slice(&body) {
-        Ok(report) => report,
-        Err(error) => return fail(&ApiError::from(error)),
-    };
-    drop(body);
-    let wait = match wait_param(&query, config.poll.wait_secs) {
-        Ok(wait) => wait,
-        Err(error) => return fail(&error),
-    };
-    let limits = &config.devices;
-    if let Err(error) = device
-        .apply_report(&report, limits, gateway.storage())
-        .wait()
-        .await
-    {
-        return fail(&error);
     }
 
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut shutdown = gateway.shutdown_handle();
-    let mut woken = false;
-    loop {
-        if device.is_removed() {
-            return fail(&ApiError::UnknownDevice);
-        }
-        if let Some(delivery) = device.take_delivery(woken, limits) {
-            return answer(StatusCode::OK, &delivery.body);
-        }
-        if wait.is_zero() || gateway.is_shutting_down() {
-            return answer(StatusCode::OK, &json!({}));
-        }
-        let parked = device.mailbox.park();
-        let _counted = gateway.park_guard();
-        tokio::select! {
-            wake = parked => match wake {
-                Wake::Notified => woken = true,
-                Wake::Superseded if device.is_removed() => return fail(&ApiError::UnknownDevice),
-                Wake::Superseded => return answer(StatusCode::OK, &json!({})),
-            },
-            _ = tokio::time::sleep_until(deadline) => return answer(StatusCode::OK, &json!({})),
-            _ = shutdown.wait() => return answer(StatusCode::OK, &json!({})),
-        }
+    /// An error, signed like any answer to a verified request.
+    fn fail(&self, error: &ApiError) -> Response<Body> {
+        let (status, value) = error_body(error);
+        self.answer(status, &value)
     }
 }
 
