@@ -57,6 +57,8 @@ pub enum ApiError {
     EmailTaken,
     #[error("unsupported content type: send application/json")]
     UnsupportedMediaType,
+    #[error("too many attempts: try again in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("the server is at its connection limit: try again shortly")]
     Overloaded,
     #[error("the server cannot save changes right now: try again later")]
@@ -87,6 +89,7 @@ impl ApiError {
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             EmailTaken => StatusCode::CONFLICT,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Overloaded | StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -117,6 +120,7 @@ impl ApiError {
             NotFound => 130,
             MethodNotAllowed { .. } => 131,
             EmailTaken => 132,
+            RateLimited { .. } => 140,
             Overloaded => 150,
             StorageUnavailable => 160,
             Internal(_) => 999,

@@ -123,7 +123,7 @@ fn serve(
     let service_gateway = gateway.clone();
     let connection = builder.serve_connection(
         TokioIo::new(stream),
-        service_fn(move |request| service::handle(request, service_gateway.clone())),
+        service_fn(move |request| service::handle(request, service_gateway.clone(), peer)),
     );
     let connection = graceful.watch(connection);
     tokio::spawn(

@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,9 +13,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde_json::{Map, Value, json};
-use tracing::{debug, warn};
+use tracing::{debug, info};
 
 use crate::device::{Device, DeviceKey, Registration};
 use crate::error::ApiError;
@@ -22,8 +23,17 @@ use crate::gateway::Gateway;
 use crate::hawk_auth::{self, Signed};
 use crate::ids::{DeviceId, UserId};
 use crate::mailbox::Wake;
-use crate::protocol::{CommandSet, DeviceReport, ProtocolError};
+use crate::protocol::{CommandSet, DeviceReport};
 use crate::registry::Registered;
+
+pub mod body;
+pub mod respond;
+
+pub use body::{
+    collect_body, field_error, only_fields, query_param, read_body, read_json, take_name,
+    take_string,
+};
+pub use respond::{bytes_response, empty_response, error_body, error_response, json_response};
 
 /// The error type a request body may fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -138,13 +148,15 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     }
 }
 
-/// Serves one request. Never fails: every error is turned into its JSON response here.
+/// Serves one request from `peer` (the TCP peer). Never fails: every error is turned into its
+/// JSON response here.
 ///
 /// Returns a boxed future so that what a parked device poll keeps alive is only what its
 /// waiting phase needs (see [`exchange_device`]), not the largest state of any handler.
 pub fn handle<B>(
     request: Request<B>,
     gateway: Arc<Gateway>,
+    peer: SocketAddr,
 ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -156,7 +168,7 @@ where
             Box::pin(async move { Ok(exchange.await) })
         }
         Ok(route) => Box::pin(async move {
-            Ok(dispatch(route, request, &gateway)
+            Ok(dispatch(route, request, &gateway, peer)
                 .await
                 .unwrap_or_else(|error| error_response(&error)))
         }),
@@ -168,6 +180,7 @@ async fn dispatch<B>(
     route: Route,
     request: Request<B>,
     gateway: &Arc<Gateway>,
+    peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -183,7 +196,7 @@ where
         }
         Route::SignIn => {
             let body = read_json(request, gateway).await?;
-            sign_in(gateway, body).await
+            sign_in(gateway, body, peer).await
         }
         Route::SignOut => {
             let token = bearer(request.headers())?;
@@ -292,12 +305,19 @@ async fn create_account(
 async fn sign_in(
     gateway: &Gateway,
     mut body: Map<String, Value>,
+    peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     let (email, password) = credentials(&mut body)?;
     let issued = gateway
         .accounts
         .sign_in(&email, &password, &gateway.journal)
-        .await?;
+        .await
+        .inspect_err(|error| {
+            // Operators watch for password guessing (and feed it to fail2ban and the like).
+            if matches!(error, ApiError::BadCredentials) {
+                info!(client = %peer.ip(), "sign-in refused: wrong email or password");
+            }
+        })?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "token": issued.token, "userid": issued.user }),
@@ -643,14 +663,6 @@ fn wait_param(query: &str, max_secs: u64) -> Result<Duration, ApiError> {
     }
 }
 
-fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
-}
-
 // === Owner events ===
 
 /// `GET /1/devices/{id}/events?since=N&wait=S`: a long poll of what happened to a device.
@@ -727,194 +739,6 @@ fn heartbeat(gateway: &Gateway) -> Response<Body> {
             "connections": gateway.stats.connections.load(Relaxed),
         }),
     )
-}
-
-// === Request bodies ===
-
-async fn read_body<B>(request: Request<B>, gateway: &Gateway) -> Result<Bytes, ApiError>
-where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: Into<BoxError>,
-{
-    let (parts, body) = request.into_parts();
-    if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
-        let mime = content_type
-            .to_str()
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim();
-        if !mime.eq_ignore_ascii_case("application/json") {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-    }
-    collect_body(body, &parts.headers, gateway.config.server.max_body_bytes).await
-}
-
-async fn read_json<B>(
-    request: Request<B>,
-    gateway: &Gateway,
-) -> Result<Map<String, Value>, ApiError>
-where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: Into<BoxError>,
-{
-    let body = read_body(request, gateway).await?;
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::InvalidJson(
-            "the body must be a JSON object".into(),
-        )),
-        Err(e) => Err(ApiError::InvalidJson(format!(
-            "the body is not valid JSON: {e}"
-        ))),
-    }
-}
-
-/// Reads a whole body, refusing (413) one that declares or reaches more than `limit` bytes.
-async fn collect_body<B>(body: B, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError>
-where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: Into<BoxError>,
-{
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::BodyTooLarge { limit })
-        }
-        Err(e) => Err(ApiError::InvalidJson(format!(
-            "the body could not be read: {e}"
-        ))),
-    }
-}
-
-fn only_fields(body: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
-    match body.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(unknown) => Err(field_error(
-            unknown,
-            &format!("unknown field (expected {})", allowed.join(", ")),
-        )),
-        None => Ok(()),
-    }
-}
-
-fn take_string(body: &mut Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
-    match body.remove(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(field_error(field, "must be a string")),
-    }
-}
-
-fn take_name(body: &mut Map<String, Value>) -> Result<Option<String>, ApiError> {
-    let Some(name) = take_string(body, "name")? else {
-        return Ok(None);
-    };
-    let name = name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control)
-    {
-        return Err(field_error(
-            "name",
-            &format!("must be 1 to {MAX_NAME_LEN} characters, without control characters"),
-        ));
-    }
-    Ok(Some(name))
-}
-
-fn field_error(field: &str, reason: &str) -> ApiError {
-    ApiError::InvalidField(ProtocolError {
-        field: field.to_owned(),
-        reason: reason.to_owned(),
-    })
-}
-
-// === Responses ===
-
-/// The status and JSON body for an error: the only place errors are turned into responses.
-pub fn error_body(error: &ApiError) -> (StatusCode, Value) {
-    if let ApiError::Internal(detail) = error {
-        warn!(%detail, "internal error");
-    }
-    let status = error.status();
-    let body = json!({
-        "code": status.as_u16(),
-        "errno": error.errno(),
-        "error": status.canonical_reason().unwrap_or("Error"),
-        "message": error.public_message(),
-    });
-    (status, body)
-}
-
-/// An error as a complete response, with the headers its status calls for.
-pub fn error_response(error: &ApiError) -> Response<Body> {
-    let (status, body) = error_body(error);
-    let mut response = json_response(status, &body);
-    let headers = response.headers_mut();
-    match error {
-        ApiError::HawkStale { now, tsm, .. } => {
-            if let Ok(v) = HeaderValue::from_str(&hawk_auth::stale_challenge(*now, tsm)) {
-                headers.insert(header::WWW_AUTHENTICATE, v);
-            }
-        }
-        ApiError::HawkHeader(_)
-        | ApiError::HawkMac
-        | ApiError::HawkReplay
-        | ApiError::UnknownDevice => {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Hawk"));
-        }
-        ApiError::MissingBearer | ApiError::InvalidToken => {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        ApiError::MethodNotAllowed { allow } => {
-            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
-        }
-        ApiError::Overloaded | ApiError::StorageUnavailable => {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        _ => {}
-    }
-    response
-}
-
-pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    bytes_response(status, Bytes::from(bytes))
-}
-
-fn bytes_response(status: StatusCode, bytes: Bytes) -> Response<Body> {
-    let mut response = Response::new(Full::new(bytes));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
-}
-
-fn empty_response(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 #[cfg(test)]
