@@ -8,26 +8,29 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Map, Value, json};
 use tracing::{debug, info};
 
-use crate::device::{Device, DeviceKey, Registration};
+use crate::device::{Device, Registration};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::hawk_auth::{self, Signed};
+use crate::hawk_auth;
 use crate::ids::{DeviceId, UserId};
 use crate::mailbox::Wake;
 use crate::protocol::{CommandSet, DeviceReport};
 use crate::registry::Registered;
 
 pub mod body;
+pub mod device_auth;
 pub mod respond;
+
+use device_auth::{Signer, Verified};
 
 pub use body::{
     collect_body, field_error, only_fields, query_param, read_body, read_json, take_name,
@@ -459,13 +462,7 @@ where
 /// What answering a verified device request needs once the request itself is gone.
 struct Exchange {
     device: Arc<Device>,
-    key: Arc<DeviceKey>,
-    /// The request's Hawk header: the answer's MAC is bound to its ts and nonce.
-    hawk_header: hawk::Header,
-    method: Method,
-    host: String,
-    port: u16,
-    path: String,
+    signer: Signer,
     wait: Duration,
 }
 
@@ -480,97 +477,33 @@ where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<BoxError>,
 {
-    let (gateway, id) = (&*gateway, id.as_str());
     let config = &gateway.config;
     let (parts, body) = request.into_parts();
-    let verified = async {
-        let authorization = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or(ApiError::HawkHeader("no Authorization header"))?
-            .to_str()
-            .map_err(|_| ApiError::HawkHeader("not ASCII"))?;
-        let hawk_header = hawk_auth::parse_authorization(authorization)?;
-        if hawk_header.id.as_deref() != Some(id) {
-            return Err(ApiError::HawkHeader(
-                "the credential id must be the device id in the path",
-            ));
-        }
-        let device = id
-            .parse::<DeviceId>()
-            .ok()
-            .and_then(|id| gateway.registry.get(&id))
-            .ok_or(ApiError::UnknownDevice)?;
-        let key = device.key().ok_or(ApiError::UnknownDevice)?;
-        let body = collect_body(body, &parts.headers, config.server.max_body_bytes).await?;
-        let (host, port) = match config.public_authority() {
-            Some(public) => public,
-            None => authority(&parts)?,
-        };
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let signed = Signed {
-            method: parts.method.as_str(),
-            host: &host,
-            port,
-            path: &path,
-        };
-        let now = SystemTime::now();
-        let skew = Duration::from_secs(config.hawk.skew_secs);
-        hawk_auth::verify(
-            &hawk_header,
-            &key.0,
-            &signed,
-            content_type,
-            &body,
-            skew,
-            now,
-        )?;
-        let ts = hawk_auth::unix_secs(hawk_header.ts.unwrap_or(now));
-        let nonce = hawk_header.nonce.as_deref().unwrap_or("");
-        let window = 2 * config.hawk.skew_secs;
-        let now_secs = hawk_auth::unix_secs(now);
-        if !device.check_nonce(ts, nonce, now_secs, window, config.hawk.nonces_per_device) {
-            return Err(ApiError::HawkReplay);
-        }
-        Ok((device, key, hawk_header, host, port, path, body))
-    }
-    .await;
-    let (device, key, hawk_header, host, port, path, body) = match verified {
+    let verified = match device_auth::verify(&parts, body, &gateway, Some(&id)).await {
         Ok(verified) => verified,
         Err(error) => {
             debug!(device = id, %error, "device request refused");
             return Err(error_response(&error));
         }
     };
-    let mut exchange = Exchange {
+    let Verified {
         device,
-        key,
-        hawk_header,
-        method: parts.method.clone(),
-        host,
-        port,
-        path,
-        wait: Duration::ZERO,
-    };
-    let report = DeviceReport::from_slice(&body).map_err(|e| exchange.fail(&ApiError::from(e)))?;
+        body,
+        signer,
+    } = verified;
+    let report = DeviceReport::from_slice(&body).map_err(|e| signer.fail(&ApiError::from(e)))?;
     let query = parts.uri.query().unwrap_or("");
-    exchange.wait = wait_param(query, config.poll.wait_secs).map_err(|e| exchange.fail(&e))?;
-    exchange
-        .device
+    let wait = wait_param(query, config.poll.wait_secs).map_err(|e| signer.fail(&e))?;
+    device
         .apply_report(&report, &config.devices, gateway.storage())
         .wait()
         .await
-        .map_err(|e| exchange.fail(&e))?;
-    Ok(exchange)
+        .map_err(|e| signer.fail(&e))?;
+    Ok(Exchange {
+        device,
+        signer,
+        wait,
+    })
 }
 
 impl Exchange {
@@ -578,79 +511,34 @@ impl Exchange {
     /// newer poll supersedes this one, or the server shuts down.
     async fn respond(self, gateway: &Gateway) -> Response<Body> {
         let limits = &gateway.config.devices;
-        let device = &self.device;
+        let (device, signer) = (&self.device, &self.signer);
+        let empty = || signer.answer(StatusCode::OK, &json!({}));
         let deadline = tokio::time::Instant::now() + self.wait;
         let mut shutdown = gateway.shutdown_handle();
         let mut woken = false;
         loop {
             if device.is_removed() {
-                return self.fail(&ApiError::UnknownDevice);
+                return signer.fail(&ApiError::UnknownDevice);
             }
             if let Some(delivery) = device.take_delivery(woken, limits) {
-                return self.answer(StatusCode::OK, &delivery.body);
+                return signer.answer(StatusCode::OK, &delivery.body);
             }
             if self.wait.is_zero() || gateway.is_shutting_down() {
-                return self.answer(StatusCode::OK, &json!({}));
+                return empty();
             }
             let parked = device.mailbox.park();
             let _counted = gateway.park_guard();
             tokio::select! {
                 wake = parked => match wake {
                     Wake::Notified => woken = true,
-                    Wake::Superseded if device.is_removed() => return self.fail(&ApiError::UnknownDevice),
-                    Wake::Superseded => return self.answer(StatusCode::OK, &json!({})),
+                    Wake::Superseded if device.is_removed() => return signer.fail(&ApiError::UnknownDevice),
+                    Wake::Superseded => return empty(),
                 },
-                _ = tokio::time::sleep_until(deadline) => return self.answer(StatusCode::OK, &json!({})),
-                _ = shutdown.wait() => return self.answer(StatusCode::OK, &json!({})),
+                _ = tokio::time::sleep_until(deadline) => return empty(),
+                _ = shutdown.wait() => return empty(),
             }
         }
     }
-
-    /// A JSON answer, signed with `Server-Authorization`.
-    fn answer(&self, status: StatusCode, value: &Value) -> Response<Body> {
-        let bytes = Bytes::from(serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()));
-        let signed = Signed {
-            method: self.method.as_str(),
-            host: &self.host,
-            port: self.port,
-            path: &self.path,
-        };
-        let authorization =
-            hawk_auth::sign_response(&self.hawk_header, &self.key.0, &signed, &bytes);
-        let mut response = bytes_response(status, bytes);
-        if let Ok(value) = HeaderValue::from_str(&authorization) {
-            response.headers_mut().insert("server-authorization", value);
-        }
-        response
-    }
-
-    /// An error, signed like any answer to a verified request.
-    fn fail(&self, error: &ApiError) -> Response<Body> {
-        let (status, value) = error_body(error);
-        self.answer(status, &value)
-    }
-}
-
-/// The host and port the device signed, when no `server.public_url` is configured: those of
-/// the `Host` header (port 80 when it names none, as for plain HTTP).
-fn authority(parts: &http::request::Parts) -> Result<(String, u16), ApiError> {
-    let raw = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-        .ok_or(ApiError::HawkHeader(
-            "no Host header to check the signature against",
-        ))?;
-    let authority: http::uri::Authority = raw
-        .parse()
-        .map_err(|_| ApiError::HawkHeader("the Host header is malformed"))?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    Ok((host, authority.port_u16().unwrap_or(80)))
 }
 
 fn wait_param(query: &str, max_secs: u64) -> Result<Duration, ApiError> {

@@ -1,0 +1,183 @@
+//! Hawk authentication of device requests, and signing of the answers to them.
+//!
+//! Every device-facing endpoint goes through [`verify`]; every answer to a request that
+//! verified is signed by its [`Signer`] (`Server-Authorization`), errors included, so the
+//! device can tell our answers from anyone else's.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
+use serde_json::Value;
+
+use super::{Body, BoxError, bytes_response, collect_body, error_body};
+use crate::device::{Device, DeviceKey};
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::hawk_auth::{self, Signed};
+use crate::ids::DeviceId;
+
+/// A device request whose signature, timestamp and nonce checked out.
+#[derive(Debug)]
+pub struct Verified {
+    pub device: Arc<Device>,
+    /// The whole request body (its hash was part of the signature).
+    pub body: Bytes,
+    /// Signs the answers to this request.
+    pub signer: Signer,
+}
+
+/// What signing an answer needs: the device's key and the request's signed parts.
+#[derive(Debug)]
+pub struct Signer {
+    key: Arc<DeviceKey>,
+    /// The request's Hawk header: the answer's MAC is bound to its ts and nonce.
+    hawk_header: hawk::Header,
+    method: Method,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+/// Reads the body and checks the request's Hawk signature (credential id = device id, sha256,
+/// payload hash required), its timestamp (within `hawk.skew_secs`) and its nonce (never seen
+/// before within the window). `path_id`, when given, must be the credential id.
+///
+/// Nothing changes when verification fails, except that a nonce that verified is remembered.
+pub async fn verify<B>(
+    parts: &http::request::Parts,
+    body: B,
+    gateway: &Gateway,
+    path_id: Option<&str>,
+) -> Result<Verified, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let config = &gateway.config;
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or(ApiError::HawkHeader("no Authorization header"))?
+        .to_str()
+        .map_err(|_| ApiError::HawkHeader("not ASCII"))?;
+    let hawk_header = hawk_auth::parse_authorization(authorization)?;
+    let id = hawk_header
+        .id
+        .as_deref()
+        .ok_or(ApiError::HawkHeader("no credential id"))?;
+    if path_id.is_some_and(|path_id| path_id != id) {
+        return Err(ApiError::HawkHeader(
+            "the credential id must be the device id in the path",
+        ));
+    }
+    let device = id
+        .parse::<DeviceId>()
+        .ok()
+        .and_then(|id| gateway.registry.get(&id))
+        .ok_or(ApiError::UnknownDevice)?;
+    let key = device.key().ok_or(ApiError::UnknownDevice)?;
+    let body = collect_body(body, &parts.headers, config.server.max_body_bytes).await?;
+    let (host, port) = match config.public_authority() {
+        Some(public) => public,
+        None => authority(parts)?,
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let signed = Signed {
+        method: parts.method.as_str(),
+        host: &host,
+        port,
+        path: &path,
+    };
+    let now = SystemTime::now();
+    let skew = Duration::from_secs(config.hawk.skew_secs);
+    hawk_auth::verify(
+        &hawk_header,
+        &key.0,
+        &signed,
+        content_type,
+        &body,
+        skew,
+        now,
+    )?;
+    let ts = hawk_auth::unix_secs(hawk_header.ts.unwrap_or(now));
+    let nonce = hawk_header.nonce.as_deref().unwrap_or("");
+    let window = 2 * config.hawk.skew_secs;
+    let now_secs = hawk_auth::unix_secs(now);
+    if !device.check_nonce(ts, nonce, now_secs, window, config.hawk.nonces_per_device) {
+        return Err(ApiError::HawkReplay);
+    }
+    Ok(Verified {
+        device,
+        body,
+        signer: Signer {
+            key,
+            hawk_header,
+            method: parts.method.clone(),
+            host,
+            port,
+            path,
+        },
+    })
+}
+
+// === Signer ===
+
+impl Signer {
+    /// A JSON answer, signed with `Server-Authorization`.
+    pub fn answer(&self, status: StatusCode, value: &Value) -> Response<Body> {
+        let bytes = Bytes::from(serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()));
+        let signed = Signed {
+            method: self.method.as_str(),
+            host: &self.host,
+            port: self.port,
+            path: &self.path,
+        };
+        let authorization =
+            hawk_auth::sign_response(&self.hawk_header, &self.key.0, &signed, &bytes);
+        let mut response = bytes_response(status, bytes);
+        if let Ok(value) = HeaderValue::from_str(&authorization) {
+            response.headers_mut().insert("server-authorization", value);
+        }
+        response
+    }
+
+    /// An error, signed like any answer to a verified request.
+    pub fn fail(&self, error: &ApiError) -> Response<Body> {
+        let (status, value) = error_body(error);
+        self.answer(status, &value)
+    }
+}
+
+/// The host and port the device signed, when no `server.public_url` is configured: those of
+/// the `Host` header (port 80 when it names none, as for plain HTTP).
+fn authority(parts: &http::request::Parts) -> Result<(String, u16), ApiError> {
+    let raw = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .ok_or(ApiError::HawkHeader(
+            "no Host header to check the signature against",
+        ))?;
+    let authority: http::uri::Authority = raw
+        .parse()
+        .map_err(|_| ApiError::HawkHeader("the Host header is malformed"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    Ok((host, authority.port_u16().unwrap_or(80)))
+}
