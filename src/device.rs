@@ -12,6 +12,11 @@
 //!   older one and the newer stays pending and is sent again. The price is a possible second
 //!   run of a command whose response did arrive; a ring or lock run twice is harmless, a lost
 //!   one is not.
+//! - A device resends its replies when an answer is lost, and a reply names no command. So a
+//!   command of kind K is never sent in the answer to a request carrying a K reply
+//!   ([`DeviceReport::held_back`]): otherwise the resent reply could be charged to a newer K
+//!   command that was in the lost answer and never reached the device. With the ack extension
+//!   a reply answers only commands up to the request's `ack`, which closes the same race.
 //! - Optional sequence/ack extension (see `docs/protocol.md`): a device that sends `"ack": N`
 //!   is given `"seq"` in each command object; every sent command with a sequence number up to
 //!   N counts as received and is not sent again, while its outcome is still awaited.
@@ -39,7 +44,7 @@ use crate::config::DevicesConfig;
 use crate::hawk_auth::NonceCache;
 use crate::ids::{DeviceId, UserId};
 use crate::mailbox::Mailbox;
-use crate::protocol::{CommandSet, DeviceReport, Kind, Outcome, Position};
+use crate::protocol::{CommandSet, DeviceReport, Kind, KindSet, Outcome, Position};
 use crate::store::record::{DeviceChange, Record};
 use crate::store::seal::Sealer;
 use crate::store::{Commit, Durability, Journal};
@@ -567,7 +572,7 @@ impl Device {
                 }
             }
             for (kind, outcome) in &report.replies {
-                commit.join(s.answer(self.id, *kind, outcome, now, limits, storage));
+                commit.join(s.answer(self.id, *kind, outcome, report.ack, now, limits, storage));
             }
             if let Some(position) = report.position {
                 let fix = Fix {
@@ -588,7 +593,16 @@ impl Device {
     }
 
     /// Takes what is due to the device, marking it sent; `None` when nothing is.
-    pub fn take_delivery(&self, parked: bool, limits: &DevicesConfig) -> Option<Delivery> {
+    ///
+    /// Commands of the `held_back` kinds stay pending (see [`DeviceReport::held_back`]); when
+    /// only those are due, the delivery is the empty object, so that the device polls again at
+    /// once instead of parking.
+    pub fn take_delivery(
+        &self,
+        parked: bool,
+        held_back: KindSet,
+        limits: &DevicesConfig,
+    ) -> Option<Delivery> {
         self.with(|s| {
             let mut body = Map::new();
             let mut sent = Vec::new();
@@ -602,6 +616,13 @@ impl Device {
                 .collect();
             if live.is_empty() {
                 return None;
+            }
+            live.retain(|i| !held_back.contains(i.kind));
+            if live.is_empty() {
+                return Some(Delivery {
+                    body: Value::Object(body),
+                    sent,
+                });
             }
             live.sort_by_key(|i| i.kind);
             for item in live {
@@ -724,12 +745,15 @@ impl DeviceState {
         storage.journal.append(&record, durability)
     }
 
-    /// A reply answers the oldest sent command of its kind (see the module docs).
+    /// A reply answers the oldest sent command of its kind (see the module docs), and only
+    /// one the device says it received when it sends `ack`.
+    #[allow(clippy::too_many_arguments)]
     fn answer(
         &mut self,
         id: DeviceId,
         kind: Kind,
         outcome: &Outcome,
+        ack: Option<u64>,
         now: u64,
         limits: &DevicesConfig,
         storage: Storage<'_>,
@@ -739,7 +763,7 @@ impl DeviceState {
             .outbox
             .items
             .iter()
-            .filter(|i| i.kind == kind && i.sent > 0)
+            .filter(|i| i.kind == kind && i.sent > 0 && ack.is_none_or(|ack| i.seq <= ack))
             .map(|i| i.seq)
             .min();
         // Periodic track reports with nothing pending are positions, not acknowledgements.

@@ -86,12 +86,32 @@ pub struct DeviceReport {
     pub ack: Option<u64>,
 }
 
+/// A set of command kinds (five bits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindSet(u8);
+
 /// A refused field, with the reason in words a client developer can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError {
     /// Dotted path of the offending field, e.g. `l.c`; empty for the whole body.
     pub field: String,
     pub reason: String,
+}
+
+// === KindSet ===
+
+impl KindSet {
+    pub fn insert(&mut self, kind: Kind) {
+        self.0 |= 1 << kind as u8;
+    }
+
+    pub fn contains(self, kind: Kind) -> bool {
+        self.0 & (1 << kind as u8) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
 }
 
 // === Kind ===
@@ -359,6 +379,25 @@ fn whole_seconds(
 
 impl DeviceReport {
     /// Parses the body of a device's `POST /1/cmd/{id}`. An empty body counts as `{}`.
+    /// The kinds whose commands must not be sent in the answer to this report.
+    ///
+    /// Why: a seed-format device resends the same replies when an answer is lost, and a
+    /// reply carries no command id: it is charged to the oldest sent command of its kind. Were
+    /// a newer command of kind K sent in the answer to a request carrying a K reply, and that
+    /// answer lost, the resent reply would be charged to the newer command, which the device
+    /// never received. Holding K back for that one answer (the device polls again at once)
+    /// closes the race. A device using the ack extension needs no holding back: its replies
+    /// only answer commands up to the `ack` sent with them.
+    pub fn held_back(&self) -> KindSet {
+        let mut kinds = KindSet::default();
+        if self.ack.is_none() {
+            for (kind, _) in &self.replies {
+                kinds.insert(*kind);
+            }
+        }
+        kinds
+    }
+
     pub fn from_slice(body: &[u8]) -> Result<DeviceReport, ProtocolError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(DeviceReport::default());

@@ -23,7 +23,7 @@ use crate::gateway::Gateway;
 use crate::hawk_auth;
 use crate::ids::{DeviceId, UserId};
 use crate::mailbox::Wake;
-use crate::protocol::{CommandSet, DeviceReport};
+use crate::protocol::{CommandSet, DeviceReport, KindSet};
 use crate::registry::Registered;
 
 pub mod body;
@@ -464,6 +464,8 @@ struct Exchange {
     device: Arc<Device>,
     signer: Signer,
     wait: Duration,
+    /// Kinds not to send in this answer (see `DeviceReport::held_back`).
+    held_back: KindSet,
 }
 
 /// Authenticates the request, applies its report, and returns what the answer needs; or the
@@ -503,6 +505,7 @@ where
         device,
         signer,
         wait,
+        held_back: report.held_back(),
     })
 }
 
@@ -520,7 +523,7 @@ impl Exchange {
             if device.is_removed() {
                 return signer.fail(&ApiError::UnknownDevice);
             }
-            if let Some(delivery) = device.take_delivery(woken, limits) {
+            if let Some(delivery) = device.take_delivery(woken, self.held_back, limits) {
                 return signer.answer(StatusCode::OK, &delivery.body);
             }
             if self.wait.is_zero() || gateway.is_shutting_down() {
