@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod faulty;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
