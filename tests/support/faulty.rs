@@ -123,6 +123,9 @@ enum Ending {
     Reset,
 }
 
+/// Bytes one direction forwards before the fault, and what the fault is.
+type Budget = (usize, Then);
+
 /// What one direction of the relay does when its byte budget runs out.
 #[derive(Clone, Copy)]
 enum Then {
@@ -139,7 +142,7 @@ async fn relay(client: TcpStream, upstream: SocketAddr, fault: Fault, counts: Ar
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let (mut up, mut down): (Option<(usize, Then)>, Option<(usize, Then)>) = (None, None);
+    let (mut up, mut down): (Option<Budget>, Option<Budget>) = (None, None);
     let mut delay = Duration::ZERO;
     match fault {
         Fault::Delay(d) => {
@@ -181,7 +184,7 @@ async fn relay(client: TcpStream, upstream: SocketAddr, fault: Fault, counts: Ar
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    budget: Option<(usize, Then)>,
+    budget: Option<Budget>,
     delay: Duration,
     done: Arc<watch::Sender<Ending>>,
     counts: Arc<FaultCounts>,
