@@ -337,6 +337,11 @@ impl Device {
         self.with(|s| s.data.v)
     }
 
+    /// Nonces remembered against replay right now (bounded by `hawk.nonces_per_device`).
+    pub fn nonces_held(&self) -> usize {
+        self.with(|s| s.nonces.len())
+    }
+
     /// Records a nonce; `false` on replay.
     pub fn check_nonce(&self, ts: u64, nonce: &str, now: u64, window: u64, cap: usize) -> bool {
         self.with(|s| s.nonces.check_and_insert(ts, nonce, now, window, cap))
