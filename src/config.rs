@@ -21,6 +21,7 @@ pub struct Config {
     pub hawk: HawkConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -117,6 +118,26 @@ pub enum FsyncPolicy {
     Interval,
 }
 
+/// Rate limits against password guessing and command flooding.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sign-in attempts one account may take at once (a correct password costs nothing).
+    pub sign_in_account_burst: u32,
+    /// Then this many an hour; 0 turns the limit off.
+    pub sign_in_account_per_hour: u32,
+    /// Sign-in and sign-up attempts one client address may make at once.
+    pub sign_in_address_burst: u32,
+    /// Then this many an hour; 0 turns the limit off.
+    pub sign_in_address_per_hour: u32,
+    /// Commands one owner may queue at once, over all their devices.
+    pub commands_owner_burst: u32,
+    /// Then this many a minute; 0 turns the limit off.
+    pub commands_owner_per_minute: u32,
+    /// Most keys (accounts, addresses, owners) each limit remembers.
+    pub max_keys: usize,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -207,6 +228,24 @@ impl Default for StorageConfig {
             snapshot_interval_secs: 300,
             snapshot_journal_bytes: 64 * 1024 * 1024,
             seal_key: None,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            // An owner who mistypes a few times is not held up; a guesser gets 30 tries an
+            // hour per account, about 260 000 a year: nothing against a real password.
+            sign_in_account_burst: 10,
+            sign_in_account_per_hour: 30,
+            // Generous for an office or a carrier NAT behind one address.
+            sign_in_address_burst: 30,
+            sign_in_address_per_hour: 600,
+            // A frantic owner pressing "ring" on every device is far below this.
+            commands_owner_burst: 60,
+            commands_owner_per_minute: 60,
+            max_keys: 100_000,
         }
     }
 }
@@ -320,6 +359,47 @@ impl Config {
             (1..=100_000).contains(&self.devices.events_kept),
             "devices.events_kept",
             "must be from 1 to 100000",
+        )?;
+        check(
+            self.limits.sign_in_account_burst >= 1,
+            "limits.sign_in_account_burst",
+            "must be at least 1",
+        )?;
+        check(
+            self.limits.sign_in_address_burst >= 1,
+            "limits.sign_in_address_burst",
+            "must be at least 1",
+        )?;
+        check(
+            self.limits.commands_owner_burst >= 1,
+            "limits.commands_owner_burst",
+            "must be at least 1",
+        )?;
+        for (value, key) in [
+            (
+                self.limits.sign_in_account_per_hour,
+                "limits.sign_in_account_per_hour",
+            ),
+            (
+                self.limits.sign_in_address_per_hour,
+                "limits.sign_in_address_per_hour",
+            ),
+        ] {
+            check(
+                value <= 3_600_000,
+                key,
+                "must be at most 3600000 (0 turns the limit off)",
+            )?;
+        }
+        check(
+            self.limits.commands_owner_per_minute <= 60_000,
+            "limits.commands_owner_per_minute",
+            "must be at most 60000 (0 turns the limit off)",
+        )?;
+        check(
+            (1000..=10_000_000).contains(&self.limits.max_keys),
+            "limits.max_keys",
+            "must be from 1000 to 10000000",
         )?;
         check(
             (1..=3600).contains(&self.hawk.skew_secs),

@@ -12,6 +12,7 @@ use crate::accounts::Accounts;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::device::Storage;
+use crate::ratelimit::Limits;
 use crate::registry::Registry;
 use crate::store::seal::Sealer;
 use crate::store::{self, DataDir, Journal, SnapshotStats, StoreError};
@@ -30,6 +31,8 @@ pub struct Gateway {
     pub data: Arc<DataDir>,
     /// Live counters, shown by `/__heartbeat__`.
     pub stats: Stats,
+    /// Rate limits against password guessing and command flooding.
+    pub limits: Limits,
     /// `true` once shutdown has begun; parked polls watch it and answer `{}` at once.
     shutdown: watch::Sender<bool>,
     /// Serializes snapshots (the periodic one and the final one).
@@ -77,6 +80,7 @@ impl Gateway {
             "state recovered"
         );
         Ok(Arc::new(Gateway {
+            limits: Limits::new(&config.limits),
             config,
             accounts,
             registry,
@@ -187,7 +191,8 @@ impl Gateway {
         Maintenance(vec![sweeper, snapshotter])
     }
 
-    /// One sweep: devices gone silent are shown offline, expired tokens go.
+    /// One sweep: devices gone silent are shown offline, expired tokens and refilled rate-limit
+    /// keys go.
     pub fn sweep(&self) {
         let now = now_ms();
         let offline_after = self.config.poll.offline_after_secs * 1000;
@@ -196,6 +201,7 @@ impl Gateway {
             device.sweep_offline(now, offline_after, limits);
         });
         self.accounts.purge_expired();
+        self.limits.sweep(now);
     }
 }
 

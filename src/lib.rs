@@ -24,6 +24,7 @@
 //! - [`store`]: durability: the journal (group commit), snapshots, recovery, sealing.
 //! - [`config`]: settings and their validation.
 //! - [`admin`]: the operator's admin socket (`wheresmyfox user add`).
+//! - [`ratelimit`]: keyed limits against password guessing and command flooding.
 
 pub mod accounts;
 pub mod admin;
@@ -37,6 +38,7 @@ pub mod hawk_auth;
 pub mod ids;
 pub mod mailbox;
 pub mod protocol;
+pub mod ratelimit;
 pub mod registry;
 pub mod server;
 pub mod service;

@@ -25,7 +25,12 @@ type Received = Arc<Mutex<Vec<String>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_arrives_and_is_acknowledged_through_a_flaky_link() {
-    let server = TestServer::start_with(|c| c.poll.wait_secs = 2).await;
+    let server = TestServer::start_with(|c| {
+        c.poll.wait_secs = 2;
+        // 240 commands from one owner in seconds: a load the owner rate limit is meant to stop.
+        c.limits.commands_owner_per_minute = 0;
+    })
+    .await;
     let link = FaultyLink::start(server.addr, 0.7, 20261122).await;
     let email = "flaky@example.com";
     let mut owner = OwnerClient::sign_up(server.addr, email, PASSWORD)

@@ -1,4 +1,5 @@
-//! Hostile clients: input built to hurt (deep nesting, floods of nonces). Slowloris and
+//! Hostile clients: input built to hurt (deep nesting, floods of nonces), password guessing
+//! and command flooding (rate limits). Slowloris and
 //! connection floods are in `server.rs`; bad signatures and replays in `device_protocol.rs`.
 
 mod support;
@@ -161,4 +162,145 @@ async fn send(
         )
         .await
         .unwrap()
+}
+
+/// Posts JSON; returns the status, the `Retry-After` header if any, and the JSON body.
+async fn post(
+    http: &mut HttpClient,
+    path: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> (StatusCode, Option<u64>, serde_json::Value) {
+    let mut headers = vec![(header::CONTENT_TYPE, "application/json".to_owned())];
+    if let Some(token) = token {
+        headers.push((header::AUTHORIZATION, format!("Bearer {token}")));
+    }
+    let reply = http
+        .send(
+            Method::POST,
+            path,
+            &headers,
+            serde_json::to_vec(&body).unwrap().into(),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let retry_after = reply
+        .headers
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    let body = serde_json::from_slice(&reply.body).unwrap_or_default();
+    (reply.status, retry_after, body)
+}
+
+/// Password guessing against one account: a few wrong guesses, then 429 with `Retry-After`,
+/// even for the right password, from any address; the owner's own successful sign-ins do not
+/// use up the allowance, and other accounts are untouched.
+#[tokio::test]
+async fn password_guessing_is_rate_limited_per_account() {
+    let server = TestServer::start_with(|c| {
+        c.limits.sign_in_account_burst = 3;
+        c.limits.sign_in_account_per_hour = 6;
+        c.limits.sign_in_address_per_hour = 0;
+    })
+    .await;
+    server.owner("victim").await;
+    server.owner("bystander").await;
+    let mut http = server.http();
+    let right = json!({"email": "victim@example.com", "password": support::PASSWORD});
+    let wrong = json!({"email": "Victim@Example.com ", "password": "not the password"});
+    for _ in 0..10 {
+        let (status, _, body) = post(&mut http, "/1/session", None, right.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for _ in 0..3 {
+        let (status, _, body) = post(&mut http, "/1/session", None, wrong.clone()).await;
+        assert_error(status, &body, 401, 112, "password");
+    }
+    // From another source address: the limit is the account's, not the connection's.
+    let mut elsewhere = server.http().with_bind("127.0.0.9".parse().unwrap());
+    for attempt in [&wrong, &right] {
+        let (status, retry_after, body) =
+            post(&mut elsewhere, "/1/session", None, attempt.clone()).await;
+        assert_error(status, &body, 429, 140, "try again in");
+        // One attempt every 10 minutes.
+        let retry_after = retry_after.expect("Retry-After");
+        assert!((590..=600).contains(&retry_after), "{retry_after}");
+    }
+    let bystander = json!({"email": "bystander@example.com", "password": support::PASSWORD});
+    let (status, _, _) = post(&mut http, "/1/session", None, bystander).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// One address trying many accounts (or signing up in bulk) is held back; others are not.
+#[tokio::test]
+async fn sign_in_attempts_are_rate_limited_per_address() {
+    let server = TestServer::start_with(|c| {
+        c.limits.sign_in_address_burst = 4;
+        c.limits.sign_in_address_per_hour = 60;
+        c.limits.sign_in_account_per_hour = 0;
+    })
+    .await;
+    let mut guesser = server.http().with_bind("127.0.0.7".parse().unwrap());
+    for i in 0..4 {
+        let guess = json!({"email": format!("user{i}@example.com"), "password": "password1"});
+        let (status, _, body) = post(&mut guesser, "/1/session", None, guess).await;
+        assert_error(status, &body, 401, 112, "password");
+    }
+    let guess = json!({"email": "user9@example.com", "password": "password1"});
+    let (status, retry_after, body) = post(&mut guesser, "/1/session", None, guess).await;
+    assert_error(status, &body, 429, 140, "try again");
+    assert_eq!(retry_after, Some(60));
+    let sign_up = json!({"email": "new@example.com", "password": "password1"});
+    let (status, _, body) = post(&mut guesser, "/1/accounts", None, sign_up.clone()).await;
+    assert_error(status, &body, 429, 140, "try again");
+    // Refused before anything was written: the account does not exist.
+    assert_eq!(server.gateway.accounts.user_count(), 0);
+    let mut neighbour = server.http().with_bind("127.0.0.8".parse().unwrap());
+    let (status, _, body) = post(&mut neighbour, "/1/accounts", None, sign_up).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// An owner flooding a device with commands: past the burst, 429 and nothing queued; other
+/// owners keep commanding their devices.
+#[tokio::test]
+async fn command_flooding_is_rate_limited_per_owner() {
+    let server = TestServer::start_with(|c| {
+        c.limits.commands_owner_burst = 5;
+        c.limits.commands_owner_per_minute = 2;
+    })
+    .await;
+    let (mut owner, mut device) = server.owner_and_device("flooder").await;
+    let id = device.id().to_owned();
+    let other_device = owner.register_device("second phone").await.unwrap();
+    let path = format!("/1/devices/{id}/cmd");
+    for i in 0..5 {
+        let (status, _, body) = post(
+            &mut owner.http,
+            &path,
+            Some(&owner.token),
+            json!({"m": {"n": "555-0100", "m": format!("m{i}")}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    let flood = json!({"m": {"n": "555-0100", "m": "flood"}});
+    let (status, retry_after, body) =
+        post(&mut owner.http, &path, Some(&owner.token), flood.clone()).await;
+    assert_error(status, &body, 429, 140, "try again");
+    assert_eq!(retry_after, Some(30));
+    // The limit is the owner's, over all their devices.
+    let other_path = format!("/1/devices/{}/cmd", other_device.id());
+    let (status, _, _) = post(&mut owner.http, &other_path, Some(&owner.token), flood).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // The refused command was never queued: the device gets the last accepted message.
+    let commands = device.exchange(&json!({}), Some(0)).await.unwrap();
+    assert_eq!(commands["m"]["m"], "m4", "{commands:?}");
+    // Someone else is unaffected.
+    let (mut neighbour, neighbour_device) = server.owner_and_device("neighbour").await;
+    let reply = neighbour
+        .command(neighbour_device.id(), &json!({"r": {"p": 10, "d": 60}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["parked"], false);
 }

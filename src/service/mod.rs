@@ -17,6 +17,8 @@ use http_body_util::Full;
 use serde_json::{Map, Value, json};
 use tracing::{debug, info};
 
+use crate::accounts::normalise_email;
+use crate::clock::now_ms;
 use crate::device::{Device, Registration};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -24,6 +26,7 @@ use crate::hawk_auth;
 use crate::ids::{DeviceId, UserId};
 use crate::mailbox::Wake;
 use crate::protocol::{CommandSet, DeviceReport, KindSet};
+use crate::ratelimit;
 use crate::registry::Registered;
 
 pub mod body;
@@ -194,6 +197,7 @@ where
         Route::Heartbeat => Ok(heartbeat(gateway)),
         Route::LbHeartbeat => Ok(json_response(StatusCode::OK, &json!({}))),
         Route::CreateAccount => {
+            limit_address(gateway, peer)?;
             let body = read_json(request, gateway).await?;
             create_account(gateway, body).await
         }
@@ -262,6 +266,14 @@ where
         Route::QueueCommand(id) => {
             let user = owner(request.headers(), gateway)?;
             let device = gateway.registry.owned(user, &id)?;
+            gateway
+                .limits
+                .commands_owner
+                .take(&user, now_ms())
+                .map_err(|wait| {
+                    info!(owner = %user, "command refused: rate limit");
+                    ratelimit::refusal(wait)
+                })?;
             let body = read_body(request, gateway).await?;
             let commands = CommandSet::from_slice(&body)?;
             let wire = commands.to_json();
@@ -310,7 +322,21 @@ async fn sign_in(
     mut body: Map<String, Value>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
+    limit_address(gateway, peer)?;
     let (email, password) = credentials(&mut body)?;
+    // Only well-formed addresses are keys (at most 254 bytes each); a malformed one cannot
+    // match an account, and the address limit above still counts it.
+    let account = normalise_email(&email).ok();
+    if let Some(account) = &account {
+        gateway
+            .limits
+            .sign_in_account
+            .take(account, now_ms())
+            .map_err(|wait| {
+                info!(client = %peer.ip(), "sign-in refused: rate limit for this account");
+                ratelimit::refusal(wait)
+            })?;
+    }
     let issued = gateway
         .accounts
         .sign_in(&email, &password, &gateway.journal)
@@ -321,10 +347,26 @@ async fn sign_in(
                 info!(client = %peer.ip(), "sign-in refused: wrong email or password");
             }
         })?;
+    if let Some(account) = &account {
+        // The owner's own sign-ins never use up the allowance a guesser would exhaust.
+        gateway.limits.sign_in_account.give_back(account);
+    }
     Ok(json_response(
         StatusCode::OK,
         &json!({ "token": issued.token, "userid": issued.user }),
     ))
+}
+
+/// Counts one sign-in or sign-up attempt against the client's address.
+fn limit_address(gateway: &Gateway, peer: SocketAddr) -> Result<(), ApiError> {
+    gateway
+        .limits
+        .sign_in_address
+        .take(&peer.ip(), now_ms())
+        .map_err(|wait| {
+            info!(client = %peer.ip(), "sign-in refused: rate limit for this address");
+            ratelimit::refusal(wait)
+        })
 }
 
 /// `{"email","password"}`, both required, nothing else.
