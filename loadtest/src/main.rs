@@ -11,7 +11,11 @@
 //! cargo run --release -- --config loadtest/gateway.toml          # a gateway for load tests
 //! cargo run --release -p loadtest -- --devices 15000 --rate 1000 --duration 30 --server-pid $(pgrep -n wheresmyfox)
 //! ```
+//!
+//! With `--target nchan` the same load runs against nginx + Nchan (see `nchan.rs`), and
+//! `loadtest/compare.sh` runs both, one after the other, and puts the figures side by side.
 
+mod nchan;
 mod plot;
 mod report;
 
@@ -37,9 +41,12 @@ use wheresmyfox::client::{ClientError, DeviceClient, HttpClient, OwnerClient, ra
 #[derive(Debug, Clone, Parser)]
 #[command(version, about)]
 pub struct Args {
-    /// The gateway's address.
+    /// The gateway's address (or nginx's, with `--target nchan`).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub server: SocketAddr,
+    /// What to load: the gateway, or nginx + Nchan for comparison.
+    #[arg(long, value_enum, default_value_t = Target::Gateway)]
+    pub target: Target,
     /// How many devices to play.
     #[arg(long, default_value_t = 1000)]
     pub devices: usize,
@@ -74,7 +81,8 @@ pub struct Args {
     /// Keep registered devices in this file and reuse them in later runs.
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// The server's process id, to measure its memory (RSS) before and after parking.
+    /// The server's process id, to measure its memory (RSS, with its child processes: nginx's
+    /// workers) before and after parking.
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Where to write result.json and summary.md (and the plots).
@@ -86,6 +94,15 @@ pub struct Args {
     /// Exit non-zero if any command was lost or duplicated, or any error occurred.
     #[arg(long)]
     pub strict: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// A wheresmyfox gateway: Hawk-signed device polls, owner commands, acknowledgements.
+    Gateway,
+    /// nginx + Nchan: long-poll subscribers, one channel each, and published messages.
+    Nchan,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -230,19 +247,29 @@ async fn main() -> anyhow::Result<()> {
     let mut device_tasks = Vec::with_capacity(registered.len());
     for (index, device) in registered.iter().enumerate() {
         let http = HttpClient::new(args.server).with_bind(source_ip(index, args.source_ips));
-        let client = DeviceClient::new(http, &device.id, &device.secret);
-        device_tasks.push(tokio::spawn(run_device(
-            client,
-            args.wait,
-            cut_share,
-            shared.clone(),
-            stop_rx.clone(),
-            storm_rx.clone(),
-        )));
+        let (stop, storm) = (stop_rx.clone(), storm_rx.clone());
+        device_tasks.push(match args.target {
+            Target::Gateway => {
+                let client = DeviceClient::new(http, &device.id, &device.secret);
+                let task = run_device(client, args.wait, cut_share, shared.clone(), stop, storm);
+                tokio::spawn(task)
+            }
+            Target::Nchan => {
+                let channel = device.id.clone();
+                let task =
+                    nchan::run_subscriber(http, channel, cut_share, shared.clone(), stop, storm);
+                tokio::spawn(task)
+            }
+        });
     }
 
     // Watch the server's own parked count, and show progress.
-    let watcher = tokio::spawn(watch_server(args.server, shared.clone(), stop_rx.clone()));
+    let watcher = tokio::spawn(watch_server(
+        args.server,
+        args.target,
+        shared.clone(),
+        stop_rx.clone(),
+    ));
     let parked_in = wait_parked(&args, &shared, registered.len(), Duration::from_secs(120)).await;
     let rss_parked = args.server_pid.and_then(rss_bytes);
     eprintln!(
@@ -325,7 +352,15 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Signs in (creating the account if needed) and registers the devices, or reuses them.
+/// Nchan needs no registration: each device is a channel name.
 async fn register_devices(args: &Args) -> anyhow::Result<Vec<Registered>> {
+    if args.target == Target::Nchan {
+        let channels = (0..args.devices).map(|i| Registered {
+            id: nchan::channel(i),
+            secret: String::new(),
+        });
+        return Ok(channels.collect());
+    }
     let mut kept: Vec<Registered> = match &args.state {
         Some(path) if path.exists() => serde_json::from_slice(&std::fs::read(path)?)?,
         _ => Vec::new(),
@@ -471,8 +506,27 @@ fn run_commands(shared: &Shared, commands: &Map<String, Value>) -> Map<String, V
     replies
 }
 
+/// How many polls the server holds parked right now, as it reports it.
+async fn parked_now(target: Target, http: &mut HttpClient) -> Option<u64> {
+    match target {
+        Target::Gateway => {
+            let (_, body) = http
+                .json(Method::GET, "/__heartbeat__", None, None)
+                .await
+                .ok()?;
+            body["parked"].as_u64()
+        }
+        Target::Nchan => nchan::parked(http).await,
+    }
+}
+
 /// Samples the server's parked count every 250 ms and prints a progress line every second.
-async fn watch_server(server: SocketAddr, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn watch_server(
+    server: SocketAddr,
+    target: Target,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut http = HttpClient::new(server);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut n = 0u64;
@@ -481,10 +535,7 @@ async fn watch_server(server: SocketAddr, shared: Arc<Shared>, mut stop: watch::
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let parked = match http.json(Method::GET, "/__heartbeat__", None, None).await {
-            Ok((_, body)) => body["parked"].as_u64().unwrap_or(0),
-            Err(_) => 0,
-        };
+        let parked = parked_now(target, &mut http).await.unwrap_or(0);
         let at = shared.started.elapsed().as_secs_f64();
         shared.parked_series.lock().unwrap().push((at, parked));
         n += 1;
@@ -507,8 +558,9 @@ async fn wait_parked(args: &Args, shared: &Shared, count: usize, limit: Duration
     let started = Instant::now();
     let mut http = HttpClient::new(args.server);
     while started.elapsed() < limit {
-        if let Ok((_, body)) = http.json(Method::GET, "/__heartbeat__", None, None).await
-            && body["parked"].as_u64().unwrap_or(0) as usize >= count
+        if parked_now(args.target, &mut http)
+            .await
+            .is_some_and(|parked| parked as usize >= count)
         {
             return started.elapsed();
         }
@@ -520,16 +572,25 @@ async fn wait_parked(args: &Args, shared: &Shared, count: usize, limit: Duration
 
 /// Sends commands open-loop at `args.rate` for `args.duration` seconds.
 async fn send_commands(args: &Args, shared: &Arc<Shared>, ids: Arc<Vec<String>>) {
-    let first =
-        match OwnerClient::sign_in_with(HttpClient::new(args.server), &args.email, &args.password)
-            .await
-        {
-            Ok(owner) => owner,
-            Err(e) => {
-                shared.error(format!("owner sign-in: {}", error_kind(&e)));
-                return;
+    let first = match args.target {
+        Target::Gateway => {
+            let http = HttpClient::new(args.server);
+            match OwnerClient::sign_in_with(http, &args.email, &args.password).await {
+                Ok(owner) => owner,
+                Err(e) => {
+                    shared.error(format!("owner sign-in: {}", error_kind(&e)));
+                    return;
+                }
             }
-        };
+        }
+        // Nchan's publisher needs no credentials.
+        Target::Nchan => OwnerClient {
+            http: HttpClient::new(args.server),
+            token: String::new(),
+            userid: String::new(),
+        },
+    };
+    let target = args.target;
     let pool = Arc::new(Mutex::new(Vec::new()));
     for _ in 0..args.owner_connections.max(1) {
         pool.lock().unwrap().push(OwnerClient {
@@ -573,32 +634,18 @@ async fn send_commands(args: &Args, shared: &Arc<Shared>, ids: Arc<Vec<String>>)
                 .unwrap()
                 .pop()
                 .expect("one connection per permit");
-            let path = format!("/1/devices/{}/cmd", ids[id]);
-            let result = owner
-                .call(
-                    Method::POST,
-                    &path,
-                    Some(&json!({"m": {"m": format!("lt {marker}")}})),
-                )
-                .await;
+            let result = match target {
+                Target::Gateway => queue_command(&mut owner, &ids[id], marker).await,
+                Target::Nchan => nchan::publish(&mut owner.http, &ids[id], marker).await,
+            };
             pool.lock().unwrap().push(owner);
             match result {
-                Ok((status, _)) if status == http::StatusCode::ACCEPTED => {
+                Ok(()) => {
                     let took = shared.micros().saturating_sub(due_micros).max(1);
                     let _ = shared.owner_latency.lock().unwrap().record(took);
                 }
-                Ok((status, body)) => {
-                    shared.error(format!(
-                        "owner http {} errno {}",
-                        status.as_u16(),
-                        body["errno"]
-                    ));
-                    shared.inflight.lock().unwrap().remove(&marker);
-                    shared.sent.fetch_sub(1, Ordering::Relaxed);
-                    shared.busy[id].store(false, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    shared.error(format!("owner {}", error_kind(&e)));
+                Err(kind) => {
+                    shared.error(kind);
                     shared.inflight.lock().unwrap().remove(&marker);
                     shared.sent.fetch_sub(1, Ordering::Relaxed);
                     shared.busy[id].store(false, Ordering::Relaxed);
@@ -611,10 +658,42 @@ async fn send_commands(args: &Args, shared: &Arc<Shared>, ids: Arc<Vec<String>>)
     }
 }
 
-/// The resident memory of a local process, from /proc.
+/// Queues a marked message command as an owner; `Ok` on 202, else the kind of error.
+async fn queue_command(owner: &mut OwnerClient, device: &str, marker: u64) -> Result<(), String> {
+    let path = format!("/1/devices/{device}/cmd");
+    let command = json!({"m": {"m": format!("lt {marker}")}});
+    match owner.call(Method::POST, &path, Some(&command)).await {
+        Ok((status, _)) if status == http::StatusCode::ACCEPTED => Ok(()),
+        Ok((status, body)) => Err(format!(
+            "owner http {} errno {}",
+            status.as_u16(),
+            body["errno"]
+        )),
+        Err(e) => Err(format!("owner {}", error_kind(&e))),
+    }
+}
+
+/// The resident memory of a local process and its children (nginx's workers), from /proc.
 fn rss_bytes(pid: u32) -> Option<u64> {
+    let own = process_rss(pid)?;
+    let children: u64 = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| parent_of(*child) == Some(pid))
+        .filter_map(process_rss)
+        .sum();
+    Some(own + children)
+}
+
+fn process_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("PPid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

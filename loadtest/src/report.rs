@@ -8,7 +8,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::{Args, Scenario, Shared};
+use crate::{Args, Scenario, Shared, Target};
 
 /// Percentiles of a latency histogram, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +23,7 @@ pub struct Latency {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Result {
+    pub target: Target,
     pub scenario: Scenario,
     pub devices: usize,
     pub rate_target: f64,
@@ -83,6 +84,7 @@ impl Result {
             _ => None,
         };
         Result {
+            target: args.target,
             scenario: args.scenario,
             devices,
             rate_target: args.rate,
@@ -119,10 +121,18 @@ impl Result {
         let l = &self.command_to_device;
         let o = &self.owner_request;
         let mut text = format!(
-            "# Load test: {:?}, {} devices, {} commands/s for {:.0} s\n\n\
+            "# Load test of {}: {:?}, {} devices, {} commands/s for {:.0} s\n\n\
              | figure | value |\n|---|---:|\n\
              | all devices parked after | {:.2} s |\n",
-            self.scenario, self.devices, self.rate_target, self.duration_secs, self.parked_in_secs
+            match self.target {
+                Target::Gateway => "the gateway",
+                Target::Nchan => "nginx + Nchan",
+            },
+            self.scenario,
+            self.devices,
+            self.rate_target,
+            self.duration_secs,
+            self.parked_in_secs
         );
         if let Some(storm) = self.storm_recovery_secs {
             text += &format!("| reconnect storm: all parked again after | {storm:.2} s |\n");
@@ -176,6 +186,10 @@ impl Result {
             for (kind, n) in &self.errors {
                 text += &format!("- {kind}: {n}\n");
             }
+        }
+        if self.target == Target::Nchan {
+            text += "\nNchan has no acknowledgement: a message counts as acknowledged when received. \
+                     Nor does it authenticate, validate or journal anything (see loadtest/src/nchan.rs).\n";
         }
         text
     }
