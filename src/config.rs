@@ -615,4 +615,150 @@ mod tests {
         let e = Config::from_toml("[log]\nlevel = \"[[\"\n").unwrap_err();
         assert!(e.to_string().contains("log.level"), "{e}");
     }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let toml = file(
+            "[server]\nlisten = \"127.0.0.1:1000\"\ndata_dir = \"/from/file\"\n[poll]\nwait_secs = 20\n",
+        );
+        // The file alone.
+        let c = Config::layered(Some(toml.path()), env(&[]), &Flags::default()).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:1000".parse().unwrap());
+        assert_eq!(c.poll.wait_secs, 20);
+        // The environment overrides the file; other variables are left alone.
+        let vars = env(&[
+            ("WHERESMYFOX_SERVER__LISTEN", "127.0.0.1:2000"),
+            ("WHERESMYFOX_SERVER__DATA_DIR", "/from/env"),
+            ("WHERESMYFOX_POLL__WAIT_SECS", "30"),
+            ("WHERESMYFOX_ACCOUNTS__SIGNUP", "false"),
+            ("WHERESMYFOX_PROXY__TRUSTED", "[\"10.0.0.0/8\", \"::1\"]"),
+            ("WHERESMYFOX_LOG__FORMAT", "json"),
+            ("WHERESMYFOX_SEAL_KEY", "not a config key"),
+            ("WHERESMYFOX_REQUIRE_NGINX", "1"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let c = Config::layered(Some(toml.path()), vars.clone(), &Flags::default()).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:2000".parse().unwrap());
+        assert_eq!(c.server.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(c.poll.wait_secs, 30);
+        assert!(!c.accounts.signup);
+        assert_eq!(c.proxy.trusted.len(), 2);
+        assert_eq!(c.log.format, LogFormat::Json);
+        // Flags override the environment.
+        let flags = Flags {
+            listen: Some("127.0.0.1:3000".parse().unwrap()),
+            data_dir: Some(PathBuf::from("/from/flag")),
+        };
+        let c = Config::layered(Some(toml.path()), vars, &flags).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(c.server.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(
+            c.poll.wait_secs, 30,
+            "what no flag sets keeps the env value"
+        );
+        // No file: the defaults, overridden.
+        let c = Config::layered(None, env(&[("WHERESMYFOX_LOG__LEVEL", "debug")]), &flags).unwrap();
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.poll.wait_secs, Config::default().poll.wait_secs);
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable_and_the_key() {
+        for (var, value, needle) in [
+            (
+                "WHERESMYFOX_SERVER__MAX_BODY_BYTES",
+                "big",
+                "server.max_body_bytes",
+            ),
+            ("WHERESMYFOX_SERVER__LISTEN", "nowhere", "server.listen"),
+            (
+                "WHERESMYFOX_PROXY__TRUSTED",
+                "[\"10.0.0.0/99\"]",
+                "proxy.trusted",
+            ),
+            ("WHERESMYFOX_POLL__WIAT_SECS", "5", "poll.wiat_secs"),
+            ("WHERESMYFOX_NOPE__LISTEN", "5", "nope.listen"),
+            ("WHERESMYFOX_LOG__FORMAT", "xml", "log.format"),
+        ] {
+            let e = Config::layered(None, env(&[(var, value)]), &Flags::default()).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(var) && text.contains(needle), "{var}: {text}");
+        }
+        // Values well-typed one by one but out of range together: validation names the key.
+        let e = Config::layered(
+            None,
+            env(&[("WHERESMYFOX_POLL__OFFLINE_AFTER_SECS", "10")]),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("poll.offline_after_secs"), "{e}");
+        // A string key given something that reads as another TOML type is taken as a string.
+        let c = Config::layered(
+            None,
+            env(&[(
+                "WHERESMYFOX_STORAGE__SEAL_KEY",
+                "12345678901234567890123456789012",
+            )]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.storage.seal_key.as_deref(),
+            Some("12345678901234567890123456789012")
+        );
+    }
+
+    #[test]
+    fn a_bad_file_names_the_file_and_the_key() {
+        let toml = file("[server]\nmax_connections = \"many\"\n");
+        let e = Config::layered(Some(toml.path()), env(&[]), &Flags::default()).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("max_connections"), "{text}");
+        assert!(text.contains(&toml.path().display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn the_effective_config_is_shown_with_secrets_redacted() {
+        let mut config = Config::default();
+        config.storage.seal_key = Some("a very secret key of at least thirty-two chars".into());
+        config.proxy.trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        let text = config.to_redacted_toml();
+        assert!(!text.contains("very secret"), "{text}");
+        assert!(text.contains(REDACTED), "{text}");
+        assert!(text.contains("10.0.0.0/8"), "{text}");
+        // What is shown reads back as the same configuration (apart from the secret).
+        let mut back =
+            Config::from_toml(&text.replace(REDACTED, &"k".repeat(32))).unwrap_or_else(|e| {
+                panic!("{e}\n{text}");
+            });
+        back.storage.seal_key = config.storage.seal_key.clone();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_metrics_address_are_checked() {
+        let e = Config::from_toml("[proxy]\ntrusted = [\"10.0.0.0/40\"]\n").unwrap_err();
+        assert!(e.to_string().contains("trusted"), "{e}");
+        let e = Config::from_toml(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[metrics]\nlisten = \"127.0.0.1:8080\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("metrics.listen"), "{e}");
+        let e =
+            Config::from_toml("[server]\npublic_url = \"https://x.example/fox\"\n").unwrap_err();
+        assert!(e.to_string().contains("server.public_url"), "{e}");
+    }
 }
