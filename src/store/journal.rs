@@ -257,7 +257,6 @@ impl Journal {
     }
 }
 
-/// Creates a journal file with its header, durably (file and directory).
 // === JournalStats ===
 
 impl Default for JournalStats {
@@ -284,6 +283,7 @@ impl JournalStats {
     }
 }
 
+/// Creates a journal file with its header, durably (file and directory).
 pub fn create_file(path: &Path, generation: u64) -> std::io::Result<File> {
     let mut file = crate::store::open_private(path, true)?;
     file.write_all(&frame::encode_header(frame::JOURNAL_MAGIC, generation))?;
