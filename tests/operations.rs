@@ -430,3 +430,60 @@ async fn other_modules_can_add_metric_families() {
     assert_eq!(samples["wheresmyfox_test_things_total{kind=\"a\"}"], 3.0);
     assert!(samples.contains_key("wheresmyfox_polls_parked"));
 }
+
+/// Without `server.public_url`, Hawk is checked against the host and scheme a trusted proxy
+/// reports; the same headers from anyone else change nothing.
+#[tokio::test]
+async fn hawk_checks_the_host_a_trusted_proxy_reports() {
+    let server = TestServer::start_with(|c| {
+        c.proxy.trusted = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let mut owner = server.owner("forwarded-host").await;
+    let (id, secret) = support::register(&mut owner, "phone").await;
+    // The device talks to https://find.example.com (port 443), as the proxy's public name.
+    let device = wheresmyfox::client::DeviceClient::new(
+        HttpClient::new(server.addr).with_host("find.example.com", 443),
+        &id,
+        &secret,
+    );
+    let path = format!("/1/cmd/{id}?wait=0");
+    let send = async |from: &str| {
+        let authorization = device.authorization(&path, b"{}").unwrap();
+        // What the proxy sends on: its own Host, and where the request really went.
+        HttpClient::new(server.addr)
+            .with_bind(from.parse().unwrap())
+            .send(
+                Method::POST,
+                &path,
+                &[
+                    (http::header::AUTHORIZATION, authorization),
+                    (http::header::CONTENT_TYPE, "application/json".into()),
+                    ("x-forwarded-for".parse().unwrap(), "198.51.100.4".into()),
+                    ("x-forwarded-proto".parse().unwrap(), "https".into()),
+                    (
+                        "x-forwarded-host".parse().unwrap(),
+                        "find.example.com".into(),
+                    ),
+                ],
+                bytes::Bytes::from_static(b"{}"),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap()
+    };
+    let trusted = send("127.0.0.1").await;
+    assert_eq!(
+        trusted.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&trusted.body)
+    );
+    assert!(trusted.headers.contains_key("server-authorization"));
+    // From an untrusted peer the forwarded host is ignored: the MAC is checked against the
+    // Host header (127.0.0.1:port) and fails.
+    let untrusted = send("127.0.0.9").await;
+    assert_eq!(untrusted.status, StatusCode::UNAUTHORIZED);
+    let body: Value = serde_json::from_slice(&untrusted.body).unwrap();
+    assert_eq!(body["errno"], 115, "{body}");
+}
