@@ -8,10 +8,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::forwarded::Cidr;
 
 /// The whole configuration. `Config::default()` is the embedded default `cargo run` uses.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -22,9 +24,11 @@ pub struct Config {
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    pub proxy: ProxyConfig,
+    pub metrics: MetricsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address and port to listen on.
@@ -46,7 +50,7 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PollConfig {
     /// Default and longest `wait` of a device poll or an owner's events poll, in seconds.
@@ -55,7 +59,7 @@ pub struct PollConfig {
     pub offline_after_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccountsConfig {
     /// Whether `POST /1/accounts` is open to anyone.
@@ -64,7 +68,7 @@ pub struct AccountsConfig {
     pub token_ttl_hours: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DevicesConfig {
     /// Most devices one account may register.
@@ -81,7 +85,7 @@ pub struct DevicesConfig {
     pub events_kept: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HawkConfig {
     /// Largest accepted difference between a device's clock and ours, in seconds.
@@ -90,7 +94,7 @@ pub struct HawkConfig {
     pub nonces_per_device: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// When journal records for accounts, registrations and commands reach the disk.
@@ -109,7 +113,7 @@ pub struct StorageConfig {
 }
 
 /// When a journal record is flushed to disk.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
     /// Before the request is answered.
@@ -119,7 +123,7 @@ pub enum FsyncPolicy {
 }
 
 /// Rate limits against password guessing and command flooding.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Sign-in attempts one account may take at once (a correct password costs nothing).
@@ -138,11 +142,36 @@ pub struct LimitsConfig {
     pub max_keys: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter, e.g. `info` or `wheresmyfox=debug`; `RUST_LOG` overrides it.
     pub level: String,
+    /// `human` (one line per event, for a terminal or journald) or `json` (one object per line).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Peers whose forwarding headers are believed (addresses or CIDR networks). Empty: none.
+    pub trusted: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A separate address for `GET /metrics` alone; unset: served on `server.listen`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// A configuration that cannot be used, with the key at fault.
@@ -157,7 +186,29 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("environment variable {var} (config key `{key}`): {message}")]
+    Env {
+        var: String,
+        key: String,
+        message: String,
+    },
 }
+
+/// Settings given on the command line: the last layer, over the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// `--listen`: overrides `server.listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`: overrides `server.data_dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Environment variables named `WHERESMYFOX_<SECTION>__<KEY>` set `<section>.<key>`, e.g.
+/// `WHERESMYFOX_SERVER__LISTEN=[::]:8080` or `WHERESMYFOX_PROXY__TRUSTED='["10.0.0.0/8"]'`.
+pub const ENV_PREFIX: &str = "WHERESMYFOX_";
+
+/// What `check-config` and the log show in place of a secret.
+pub const REDACTED: &str = "<redacted>";
 
 // === Defaults ===
 
@@ -254,6 +305,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".to_owned(),
+            format: LogFormat::Human,
         }
     }
 }
@@ -274,6 +326,72 @@ impl Config {
             },
             other => other,
         })
+    }
+
+    /// The effective configuration, in layers: `file` (or the defaults), then the
+    /// `WHERESMYFOX_<SECTION>__<KEY>` variables among `env`, then `flags`, then validation.
+    /// An error names the file, variable or key at fault.
+    pub fn layered(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Flags,
+    ) -> Result<Config, ConfigError> {
+        let (text, path) = match file {
+            Some(path) => (
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?,
+                path.to_owned(),
+            ),
+            None => (String::new(), PathBuf::new()),
+        };
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        };
+        // Parsed once as a whole first, so mistakes in the file are reported with its lines.
+        toml::from_str::<Config>(&text).map_err(parse_error)?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(parse_error)?;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__"))
+            .collect();
+        // Deterministic whatever order the environment lists them in.
+        overrides.sort();
+        for (var, raw) in overrides {
+            let (section, key, value) = env_override(&var, &raw)?;
+            let section = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(section) = section {
+                section.insert(key, value);
+            }
+        }
+        let mut config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: PathBuf::from("(environment)"),
+                    message: e.to_string().trim_end().replace('\n', " "),
+                })?;
+        if let Some(listen) = flags.listen {
+            config.server.listen = listen;
+        }
+        if let Some(dir) = &flags.data_dir {
+            config.server.data_dir = dir.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The effective configuration as TOML, with secrets replaced by [`REDACTED`].
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.storage.seal_key.is_some() {
+            shown.storage.seal_key = Some(REDACTED.to_owned());
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot show: {e}\n"))
     }
 
     /// Parses and validates TOML text.
@@ -302,7 +420,7 @@ impl Config {
             check(
                 parse_public_url(url).is_some(),
                 "server.public_url",
-                "must be an absolute http or https URL such as https://find.example.com",
+                "must be an absolute http or https URL without a path, such as https://find.example.com",
             )?;
         }
         check(
@@ -433,6 +551,13 @@ impl Config {
                 "must be at least 32 characters",
             )?;
         }
+        if let Some(metrics) = self.metrics.listen {
+            check(
+                metrics != self.server.listen || metrics.port() == 0,
+                "metrics.listen",
+                "must differ from server.listen (leave it unset to serve /metrics there)",
+            )?;
+        }
         check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
             "log.level",
@@ -467,9 +592,54 @@ impl Config {
     }
 }
 
+/// One `WHERESMYFOX_<SECTION>__<KEY>` variable as `(section, key, value)`, checked on its own
+/// so that a wrong one is reported under its own name. The value is read as TOML (`8080`,
+/// `true`, `["10.0.0.0/8"]`), or as a plain string when it is not TOML or the key wants one.
+fn env_override(var: &str, raw: &str) -> Result<(String, String, toml::Value), ConfigError> {
+    let rest = &var[ENV_PREFIX.len()..];
+    let (section, key) = rest.split_once("__").unwrap_or((rest, ""));
+    let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+    let dotted = format!("{section}.{key}");
+    let error = |message: String| ConfigError::Env {
+        var: var.to_owned(),
+        key: dotted.clone(),
+        message,
+    };
+    if section.is_empty() || key.is_empty() {
+        return Err(error("expected WHERESMYFOX_<SECTION>__<KEY>".to_owned()));
+    }
+    let try_value = |value: toml::Value| -> Result<toml::Value, String> {
+        let mut inner = toml::Table::new();
+        inner.insert(key.clone(), value.clone());
+        let mut outer = toml::Table::new();
+        outer.insert(section.clone(), toml::Value::Table(inner));
+        toml::Value::Table(outer)
+            .try_into::<Config>()
+            .map(|_| value)
+            .map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    };
+    let as_string = toml::Value::String(raw.to_owned());
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut parsed) => {
+            let value = parsed.remove("v").unwrap_or(as_string.clone());
+            try_value(value)
+                .or_else(|first| try_value(as_string).map_err(|_| first))
+                .map(|value| (section.clone(), key.clone(), value))
+                .map_err(error)
+        }
+        Err(_) => try_value(as_string)
+            .map(|value| (section.clone(), key.clone(), value))
+            .map_err(error),
+    }
+}
+
 /// Host and port of an absolute http(s) URL; the port defaults by scheme (80 or 443).
 fn parse_public_url(url: &str) -> Option<(String, u16)> {
     let uri: http::Uri = url.parse().ok()?;
+    // Devices sign the path they request; a prefix the proxy strips would break every MAC.
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return None;
+    }
     let default_port = match uri.scheme_str()? {
         "http" => 80,
         "https" => 443,
@@ -524,5 +694,151 @@ mod tests {
         assert!(e.to_string().contains("poll.offline_after_secs"), "{e}");
         let e = Config::from_toml("[log]\nlevel = \"[[\"\n").unwrap_err();
         assert!(e.to_string().contains("log.level"), "{e}");
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let toml = file(
+            "[server]\nlisten = \"127.0.0.1:1000\"\ndata_dir = \"/from/file\"\n[poll]\nwait_secs = 20\n",
+        );
+        // The file alone.
+        let c = Config::layered(Some(toml.path()), env(&[]), &Flags::default()).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:1000".parse().unwrap());
+        assert_eq!(c.poll.wait_secs, 20);
+        // The environment overrides the file; other variables are left alone.
+        let vars = env(&[
+            ("WHERESMYFOX_SERVER__LISTEN", "127.0.0.1:2000"),
+            ("WHERESMYFOX_SERVER__DATA_DIR", "/from/env"),
+            ("WHERESMYFOX_POLL__WAIT_SECS", "30"),
+            ("WHERESMYFOX_ACCOUNTS__SIGNUP", "false"),
+            ("WHERESMYFOX_PROXY__TRUSTED", "[\"10.0.0.0/8\", \"::1\"]"),
+            ("WHERESMYFOX_LOG__FORMAT", "json"),
+            ("WHERESMYFOX_SEAL_KEY", "not a config key"),
+            ("WHERESMYFOX_REQUIRE_NGINX", "1"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let c = Config::layered(Some(toml.path()), vars.clone(), &Flags::default()).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:2000".parse().unwrap());
+        assert_eq!(c.server.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(c.poll.wait_secs, 30);
+        assert!(!c.accounts.signup);
+        assert_eq!(c.proxy.trusted.len(), 2);
+        assert_eq!(c.log.format, LogFormat::Json);
+        // Flags override the environment.
+        let flags = Flags {
+            listen: Some("127.0.0.1:3000".parse().unwrap()),
+            data_dir: Some(PathBuf::from("/from/flag")),
+        };
+        let c = Config::layered(Some(toml.path()), vars, &flags).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(c.server.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(
+            c.poll.wait_secs, 30,
+            "what no flag sets keeps the env value"
+        );
+        // No file: the defaults, overridden.
+        let c = Config::layered(None, env(&[("WHERESMYFOX_LOG__LEVEL", "debug")]), &flags).unwrap();
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.poll.wait_secs, Config::default().poll.wait_secs);
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable_and_the_key() {
+        for (var, value, needle) in [
+            (
+                "WHERESMYFOX_SERVER__MAX_BODY_BYTES",
+                "big",
+                "server.max_body_bytes",
+            ),
+            ("WHERESMYFOX_SERVER__LISTEN", "nowhere", "server.listen"),
+            (
+                "WHERESMYFOX_PROXY__TRUSTED",
+                "[\"10.0.0.0/99\"]",
+                "proxy.trusted",
+            ),
+            ("WHERESMYFOX_POLL__WIAT_SECS", "5", "poll.wiat_secs"),
+            ("WHERESMYFOX_NOPE__LISTEN", "5", "nope.listen"),
+            ("WHERESMYFOX_LOG__FORMAT", "xml", "log.format"),
+        ] {
+            let e = Config::layered(None, env(&[(var, value)]), &Flags::default()).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(var) && text.contains(needle), "{var}: {text}");
+        }
+        // Values well-typed one by one but out of range together: validation names the key.
+        let e = Config::layered(
+            None,
+            env(&[("WHERESMYFOX_POLL__OFFLINE_AFTER_SECS", "10")]),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("poll.offline_after_secs"), "{e}");
+        // A string key given something that reads as another TOML type is taken as a string.
+        let c = Config::layered(
+            None,
+            env(&[(
+                "WHERESMYFOX_STORAGE__SEAL_KEY",
+                "12345678901234567890123456789012",
+            )]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.storage.seal_key.as_deref(),
+            Some("12345678901234567890123456789012")
+        );
+    }
+
+    #[test]
+    fn a_bad_file_names_the_file_and_the_key() {
+        let toml = file("[server]\nmax_connections = \"many\"\n");
+        let e = Config::layered(Some(toml.path()), env(&[]), &Flags::default()).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("max_connections"), "{text}");
+        assert!(text.contains(&toml.path().display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn the_effective_config_is_shown_with_secrets_redacted() {
+        let mut config = Config::default();
+        config.storage.seal_key = Some("a very secret key of at least thirty-two chars".into());
+        config.proxy.trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        let text = config.to_redacted_toml();
+        assert!(!text.contains("very secret"), "{text}");
+        assert!(text.contains(REDACTED), "{text}");
+        assert!(text.contains("10.0.0.0/8"), "{text}");
+        // What is shown reads back as the same configuration (apart from the secret).
+        let mut back =
+            Config::from_toml(&text.replace(REDACTED, &"k".repeat(32))).unwrap_or_else(|e| {
+                panic!("{e}\n{text}");
+            });
+        back.storage.seal_key = config.storage.seal_key.clone();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_metrics_address_are_checked() {
+        let e = Config::from_toml("[proxy]\ntrusted = [\"10.0.0.0/40\"]\n").unwrap_err();
+        assert!(e.to_string().contains("trusted"), "{e}");
+        let e = Config::from_toml(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[metrics]\nlisten = \"127.0.0.1:8080\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("metrics.listen"), "{e}");
+        let e =
+            Config::from_toml("[server]\npublic_url = \"https://x.example/fox\"\n").unwrap_err();
+        assert!(e.to_string().contains("server.public_url"), "{e}");
     }
 }

@@ -214,6 +214,9 @@ pub struct SentRef {
 pub struct Delivery {
     pub body: Value,
     pub sent: Vec<SentRef>,
+    /// When the newest of the sent commands was queued (ms since the epoch), 0 when none was:
+    /// the start of the wake latency a parked poll measures.
+    pub newest_queued_ms: u64,
 }
 
 /// Device fields set at registration.
@@ -627,11 +630,14 @@ impl Device {
                 return Some(Delivery {
                     body: Value::Object(body),
                     sent,
+                    newest_queued_ms: 0,
                 });
             }
             live.sort_by_key(|i| i.kind);
+            let mut newest_queued_ms = 0;
             for item in live {
                 item.sent += 1;
+                newest_queued_ms = newest_queued_ms.max(item.queued_ms);
                 body.insert(item.kind.key().to_owned(), item.args.clone());
                 sent.push(SentRef {
                     command: item.kind,
@@ -652,6 +658,7 @@ impl Device {
             Some(Delivery {
                 body: Value::Object(body),
                 sent,
+                newest_queued_ms,
             })
         })
     }

@@ -12,6 +12,7 @@ use crate::accounts::Accounts;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::device::Storage;
+use crate::metrics::Metrics;
 use crate::ratelimit::Limits;
 use crate::registry::Registry;
 use crate::store::seal::Sealer;
@@ -33,6 +34,8 @@ pub struct Gateway {
     pub stats: Stats,
     /// Rate limits against password guessing and command flooding.
     pub limits: Limits,
+    /// Counters and histograms for `/metrics`; other modules may register their own there.
+    pub metrics: Metrics,
     /// `true` once shutdown has begun; parked polls watch it and answer `{}` at once.
     shutdown: watch::Sender<bool>,
     /// Serializes snapshots (the periodic one and the final one).
@@ -88,6 +91,7 @@ impl Gateway {
             sealer,
             data,
             stats: Stats::default(),
+            metrics: Metrics::default(),
             shutdown: watch::channel(false).0,
             snapshotting: tokio::sync::Mutex::new(()),
         }))
@@ -122,7 +126,8 @@ impl Gateway {
     /// Writes a snapshot now (waiting for one already running).
     pub async fn snapshot(&self) -> std::io::Result<SnapshotStats> {
         let _one_at_a_time = self.snapshotting.lock().await;
-        store::snapshot(
+        let started = std::time::Instant::now();
+        let result = store::snapshot(
             &self.data,
             &self.journal,
             &self.accounts,
@@ -130,7 +135,12 @@ impl Gateway {
             &self.sealer,
             &self.config.devices,
         )
-        .await
+        .await;
+        match &result {
+            Ok(_) => self.metrics.snapshot_duration.observe(started.elapsed()),
+            Err(_) => self.metrics.snapshot_failures.inc(),
+        }
+        result
     }
 
     /// The final step of shutdown: a snapshot, then the journal flushed and closed.

@@ -23,6 +23,8 @@
 //! - [`client`]: a device client (signing, verifying, the poll loop) used by tests and tools.
 //! - [`store`]: durability: the journal (group commit), snapshots, recovery, sealing.
 //! - [`config`]: settings and their validation.
+//! - [`forwarded`]: the real client address (and scheme and host) behind trusted proxies; pure.
+//! - [`metrics`]: counters and histograms, rendered for Prometheus at `/metrics`.
 //! - [`admin`]: the operator's admin socket (`wheresmyfox user add`).
 //! - [`ratelimit`]: keyed limits against password guessing and command flooding.
 
@@ -33,10 +35,12 @@ pub mod clock;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod forwarded;
 pub mod gateway;
 pub mod hawk_auth;
 pub mod ids;
 pub mod mailbox;
+pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;
 pub mod registry;

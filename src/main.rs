@@ -11,6 +11,7 @@ use tikv_jemallocator::Jemalloc;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+use wheresmyfox::config::{Flags, LogFormat};
 use wheresmyfox::{Config, Gateway, server};
 
 // jemalloc returns the memory of idle parked connections to the system far better than
@@ -47,6 +48,10 @@ enum Command {
     /// lost while the older snapshot's journal is there), or cut a damaged journal at the
     /// damage (what follows is kept aside in a .damaged file). Stop the server first.
     Repair(CommonArgs),
+    /// Print the effective configuration (file, then WHERESMYFOX_<SECTION>__<KEY> environment
+    /// variables, then flags), secrets redacted; or the error naming the key at fault. Exits
+    /// non-zero when the server would refuse to start with it.
+    CheckConfig(ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +102,7 @@ fn main() -> ExitCode {
         }) => user_add(&email, common),
         Some(Command::CheckData(common)) => check_data(common),
         Some(Command::Repair(common)) => repair(common),
+        Some(Command::CheckConfig(args)) => check_config(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -108,14 +114,19 @@ fn main() -> ExitCode {
 }
 
 fn load_config(common: &CommonArgs) -> anyhow::Result<Config> {
-    let mut config = match &common.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
+    layered_config(common, None)
+}
+
+/// File, then environment, then flags, then validation (see `Config::layered`).
+fn layered_config(common: &CommonArgs, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+    // Variables that are not Unicode cannot be config values; they are left to others.
+    let env = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)));
+    let flags = Flags {
+        listen,
+        data_dir: common.data_dir.clone(),
     };
-    if let Some(dir) = &common.data_dir {
-        config.server.data_dir = dir.clone();
-    }
-    Ok(config)
+    Ok(Config::layered(common.config.as_deref(), env, &flags)?)
 }
 
 fn init_tracing(config: &Config) {
@@ -123,11 +134,18 @@ fn init_tracing(config: &Config) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
+        .with_target(false);
+    match config.log.format {
+        LogFormat::Human => builder.with_ansi(ansi).init(),
+        // One object per line, with the request span's fields (client, device, owner) in it.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -138,16 +156,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = load_config(&args.common)?;
-    if let Some(listen) = args.listen {
-        config.server.listen = listen;
-    }
+    let config = layered_config(&args.common, args.listen)?;
     init_tracing(&config);
     runtime()?.block_on(async move {
         let listen = config.server.listen;
+        let metrics_listen = config.metrics.listen;
         let gateway = Gateway::open(config)?;
         let listener =
             server::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+        if let Some(addr) = metrics_listen {
+            let metrics = server::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
+            info!(addr = %metrics.local_addr()?, "metrics listening");
+            tokio::spawn(server::serve_metrics(metrics, gateway.clone()));
+        }
         info!(
             addr = %listener.local_addr()?,
             data_dir = %gateway.config.server.data_dir.display(),
@@ -175,6 +197,16 @@ fn user_add(email: &str, common: CommonArgs) -> anyhow::Result<()> {
         println!("{userid}");
         Ok(())
     })
+}
+
+fn check_config(args: ServeArgs) -> anyhow::Result<()> {
+    let config = layered_config(&args.common, args.listen)?;
+    print!("{}", config.to_redacted_toml());
+    if std::env::var_os("WHERESMYFOX_SEAL_KEY").is_some_and(|k| !k.is_empty()) {
+        println!("# storage.seal_key is set by WHERESMYFOX_SEAL_KEY (not shown)");
+    }
+    eprintln!("ok: the configuration is valid");
+    Ok(())
 }
 
 fn check_data(common: CommonArgs) -> anyhow::Result<()> {

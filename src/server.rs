@@ -137,6 +137,51 @@ fn serve(
     );
 }
 
+/// Serves `GET /metrics` alone on its own listener (`metrics.listen`), so that it can be kept
+/// off the public address; stops when the gateway begins shutting down.
+pub async fn serve_metrics(listener: TcpListener, gateway: Arc<Gateway>) {
+    let mut shutdown = gateway.shutdown_handle();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(
+            gateway.config.server.header_read_timeout_secs,
+        ));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => return,
+        };
+        let gateway = gateway.clone();
+        let connection = builder.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let response = if request.uri().path() == "/metrics" {
+                    service::ops::metrics(&gateway)
+                } else {
+                    service::error_response(&ApiError::NotFound)
+                };
+                std::future::ready(Ok::<_, std::convert::Infallible>(response))
+            }),
+        );
+        tokio::spawn(
+            async move {
+                if let Err(error) = connection.await {
+                    debug!(%error, "metrics connection ended with an error");
+                }
+            }
+            .instrument(info_span!("metrics", %peer)),
+        );
+    }
+}
+
 /// Answers 503 and closes, without parsing anything: cheap, so a flood cannot stall us.
 ///
 /// The request head is read first (at most 8 KiB, at most one second) because an HTTP client

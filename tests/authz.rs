@@ -197,7 +197,10 @@ async fn every_owner_endpoint_refuses_every_wrong_credential_and_changes_nothing
     let victim_view_after = support::device_view(&mut victim, &victim_id).await;
     assert_eq!(victim_view_after, victim_view_before);
     let commands = victim_device.exchange(&json!({}), Some(0)).await.unwrap();
-    assert!(commands.is_empty(), "no command reached the device: {commands:?}");
+    assert!(
+        commands.is_empty(),
+        "no command reached the device: {commands:?}"
+    );
 
     // The attacker's own-account actions never touch the victim.
     let mut attacker = attacker;

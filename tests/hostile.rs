@@ -250,7 +250,11 @@ async fn sign_in_attempts_are_rate_limited_per_address() {
     let guess = json!({"email": "user9@example.com", "password": "password1"});
     let (status, retry_after, body) = post(&mut guesser, "/1/session", None, guess).await;
     assert_error(status, &body, 429, 140, "try again");
-    assert_eq!(retry_after, Some(60));
+    // One attempt a minute, less the time the four guesses took (password hashing is slow).
+    assert!(
+        retry_after.is_some_and(|s| (45..=60).contains(&s)),
+        "{retry_after:?}"
+    );
     let sign_up = json!({"email": "new@example.com", "password": "password1"});
     let (status, _, body) = post(&mut guesser, "/1/accounts", None, sign_up.clone()).await;
     assert_error(status, &body, 429, 140, "try again");
@@ -288,7 +292,10 @@ async fn command_flooding_is_rate_limited_per_owner() {
     let (status, retry_after, body) =
         post(&mut owner.http, &path, Some(&owner.token), flood.clone()).await;
     assert_error(status, &body, 429, 140, "try again");
-    assert_eq!(retry_after, Some(30));
+    assert!(
+        retry_after.is_some_and(|s| (20..=30).contains(&s)),
+        "{retry_after:?}"
+    );
     // The limit is the owner's, over all their devices.
     let other_path = format!("/1/devices/{}/cmd", other_device.id());
     let (status, _, _) = post(&mut owner.http, &other_path, Some(&owner.token), flood).await;

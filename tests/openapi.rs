@@ -47,6 +47,8 @@ fn documented_as(route: &Route) -> Option<(Method, &'static str)> {
         Route::Events(_) => (Method::GET, "/1/devices/{id}/events"),
         Route::Heartbeat => (Method::GET, "/__heartbeat__"),
         Route::LbHeartbeat => (Method::GET, "/__lbheartbeat__"),
+        Route::Version => (Method::GET, "/__version__"),
+        Route::Metrics => (Method::GET, "/metrics"),
         // The device side is Hawk-signed and described in docs/protocol.md.
         Route::DeviceExchange(_) => return None,
     })
@@ -97,6 +99,8 @@ fn every_owner_route_is_documented() {
         Route::Events(id()),
         Route::Heartbeat,
         Route::LbHeartbeat,
+        Route::Version,
+        Route::Metrics,
     ];
     for found in &routes {
         let (method, path) = documented_as(found).unwrap();

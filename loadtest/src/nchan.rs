@@ -123,8 +123,7 @@ pub async fn run_subscriber(
                 backoff = Duration::from_millis(100);
                 shared.polls.fetch_add(1, Ordering::Relaxed);
                 let text = String::from_utf8_lossy(&reply.body);
-                if let Some(marker) = text.strip_prefix("lt ").and_then(|m| m.trim().parse().ok())
-                {
+                if let Some(marker) = text.strip_prefix("lt ").and_then(|m| m.trim().parse().ok()) {
                     shared.receive(marker);
                     shared.acknowledged.fetch_add(1, Ordering::Relaxed);
                 }

@@ -15,9 +15,11 @@ use serde_json::Value;
 use super::{Body, BoxError, bytes_response, collect_body, error_body};
 use crate::device::{Device, DeviceKey};
 use crate::error::ApiError;
+use crate::forwarded::{Origin, Proto};
 use crate::gateway::Gateway;
 use crate::hawk_auth::{self, Signed};
 use crate::ids::DeviceId;
+use crate::metrics::HawkFailure;
 
 /// A device request whose signature, timestamp and nonce checked out.
 #[derive(Debug)]
@@ -46,7 +48,33 @@ pub struct Signer {
 /// before within the window). `path_id`, when given, must be the credential id.
 ///
 /// Nothing changes when verification fails, except that a nonce that verified is remembered.
+/// Failures are counted by reason for `/metrics`.
 pub async fn verify<B>(
+    parts: &http::request::Parts,
+    body: B,
+    gateway: &Gateway,
+    path_id: Option<&str>,
+) -> Result<Verified, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    verify_signed(parts, body, gateway, path_id)
+        .await
+        .inspect_err(|error| {
+            let failure = match error {
+                ApiError::HawkHeader(_) => HawkFailure::Header,
+                ApiError::UnknownDevice => HawkFailure::UnknownDevice,
+                ApiError::HawkMac => HawkFailure::Mac,
+                ApiError::HawkStale { .. } => HawkFailure::Stale,
+                ApiError::HawkReplay => HawkFailure::Replay,
+                _ => HawkFailure::Body,
+            };
+            gateway.metrics.hawk_failed(failure);
+        })
+}
+
+async fn verify_signed<B>(
     parts: &http::request::Parts,
     body: B,
     gateway: &Gateway,
@@ -160,13 +188,24 @@ impl Signer {
     }
 }
 
-/// The host and port the device signed, when no `server.public_url` is configured: those of
-/// the `Host` header (port 80 when it names none, as for plain HTTP).
+/// The host and port the device signed, when no `server.public_url` is configured: the host
+/// a trusted proxy says the device asked for (`Forwarded: host=` or `X-Forwarded-Host`), else
+/// the `Host` header; the port is the one named, else the default of the scheme the proxy
+/// says the device used, else 80 (plain HTTP).
 fn authority(parts: &http::request::Parts) -> Result<(String, u16), ApiError> {
-    let raw = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
+    let origin = parts.extensions.get::<Origin>();
+    let default_port = match origin.and_then(|o| o.proto) {
+        Some(Proto::Https) => 443,
+        Some(Proto::Http) | None => 80,
+    };
+    let raw = origin
+        .and_then(|o| o.host.as_deref())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
         .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         .ok_or(ApiError::HawkHeader(
             "no Host header to check the signature against",
@@ -179,5 +218,5 @@ fn authority(parts: &http::request::Parts) -> Result<(String, u16), ApiError> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase();
-    Ok((host, authority.port_u16().unwrap_or(80)))
+    Ok((host, authority.port_u16().unwrap_or(default_port)))
 }

@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,22 +15,25 @@ use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Map, Value, json};
-use tracing::{debug, info};
+use tracing::{Instrument, Span, debug, field, info, info_span};
 
 use crate::accounts::normalise_email;
 use crate::clock::now_ms;
 use crate::device::{Device, Registration};
 use crate::error::ApiError;
+use crate::forwarded;
 use crate::gateway::Gateway;
 use crate::hawk_auth;
 use crate::ids::{DeviceId, UserId};
 use crate::mailbox::Wake;
+use crate::metrics::PollEnd;
 use crate::protocol::{CommandSet, DeviceReport, KindSet};
 use crate::ratelimit;
 use crate::registry::Registered;
 
 pub mod body;
 pub mod device_auth;
+pub mod ops;
 pub mod respond;
 
 use device_auth::{Signer, Verified};
@@ -70,6 +73,8 @@ pub enum Route {
     Events(String),
     Heartbeat,
     LbHeartbeat,
+    Metrics,
+    Version,
 }
 
 // === Routing ===
@@ -150,6 +155,20 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                 wrong("GET")
             }
         }
+        ["metrics"] => {
+            if is(&Method::GET) {
+                Ok(Route::Metrics)
+            } else {
+                wrong("GET")
+            }
+        }
+        ["__version__"] => {
+            if is(&Method::GET) {
+                Ok(Route::Version)
+            } else {
+                wrong("GET")
+            }
+        }
         _ => Err(ApiError::NotFound),
     }
 }
@@ -157,10 +176,14 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
 /// Serves one request from `peer` (the TCP peer). Never fails: every error is turned into its
 /// JSON response here.
 ///
+/// The real client is resolved here, once, from `peer` and the forwarding headers of trusted
+/// proxies ([`forwarded::resolve`]); the [`forwarded::Origin`] travels in the request's
+/// extensions and the client address in the request's span, which every log line inherits.
+///
 /// Returns a boxed future so that what a parked device poll keeps alive is only what its
 /// waiting phase needs (see [`exchange_device`]), not the largest state of any handler.
 pub fn handle<B>(
-    request: Request<B>,
+    mut request: Request<B>,
     gateway: Arc<Gateway>,
     peer: SocketAddr,
 ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>
@@ -168,16 +191,33 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let origin = forwarded::resolve(peer.ip(), request.headers(), &gateway.config.proxy.trusted);
+    let client = origin.client;
+    // Ids only: the device and owner fields are filled in once authenticated. Never the query
+    // string, a token or a body.
+    let span = info_span!(
+        "request",
+        method = %request.method(),
+        path = request.uri().path(),
+        %client,
+        device = field::Empty,
+        owner = field::Empty,
+    );
+    request.extensions_mut().insert(origin);
     match route(request.method(), request.uri().path()) {
         Ok(Route::DeviceExchange(id)) => {
-            let exchange = exchange_device(request, gateway, id);
-            Box::pin(async move { Ok(exchange.await) })
+            span.record("device", id.as_str());
+            let exchange = span.in_scope(|| exchange_device(request, gateway, id));
+            Box::pin(async move { Ok(exchange.await) }.instrument(span))
         }
-        Ok(route) => Box::pin(async move {
-            Ok(dispatch(route, request, &gateway, peer)
-                .await
-                .unwrap_or_else(|error| error_response(&error)))
-        }),
+        Ok(route) => Box::pin(
+            async move {
+                Ok(dispatch(route, request, &gateway, client)
+                    .await
+                    .unwrap_or_else(|error| error_response(&error)))
+            }
+            .instrument(span),
+        ),
         Err(error) => Box::pin(std::future::ready(Ok(error_response(&error)))),
     }
 }
@@ -186,7 +226,7 @@ async fn dispatch<B>(
     route: Route,
     request: Request<B>,
     gateway: &Arc<Gateway>,
-    peer: SocketAddr,
+    client: IpAddr,
 ) -> Result<Response<Body>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -194,16 +234,19 @@ where
 {
     match route {
         Route::DeviceExchange(id) => Ok(exchange_device(request, gateway.clone(), id).await),
-        Route::Heartbeat => Ok(heartbeat(gateway)),
+        Route::Heartbeat => Ok(ops::heartbeat(gateway)),
         Route::LbHeartbeat => Ok(json_response(StatusCode::OK, &json!({}))),
+        Route::Metrics if gateway.config.metrics.listen.is_some() => Err(ApiError::NotFound),
+        Route::Metrics => Ok(ops::metrics(gateway)),
+        Route::Version => Ok(ops::version()),
         Route::CreateAccount => {
-            limit_address(gateway, peer)?;
+            limit_address(gateway, client)?;
             let body = read_json(request, gateway).await?;
             create_account(gateway, body).await
         }
         Route::SignIn => {
             let body = read_json(request, gateway).await?;
-            sign_in(gateway, body, peer).await
+            sign_in(gateway, body, client).await
         }
         Route::SignOut => {
             let token = bearer(request.headers())?;
@@ -281,6 +324,7 @@ where
                 device.queue(commands, &gateway.config.devices, gateway.storage());
             // Durable before the device can see it: nothing it acts on can be lost.
             commit.wait().await?;
+            gateway.metrics.commands_queued.add(queued.len() as u64);
             let parked = device.mailbox.notify();
             Ok(json_response(
                 StatusCode::ACCEPTED,
@@ -320,9 +364,9 @@ async fn create_account(
 async fn sign_in(
     gateway: &Gateway,
     mut body: Map<String, Value>,
-    peer: SocketAddr,
+    client: IpAddr,
 ) -> Result<Response<Body>, ApiError> {
-    limit_address(gateway, peer)?;
+    limit_address(gateway, client)?;
     let (email, password) = credentials(&mut body)?;
     // Only well-formed addresses are keys (at most 254 bytes each); a malformed one cannot
     // match an account, and the address limit above still counts it.
@@ -333,7 +377,7 @@ async fn sign_in(
             .sign_in_account
             .take(account, now_ms())
             .map_err(|wait| {
-                info!(client = %peer.ip(), "sign-in refused: rate limit for this account");
+                info!(%client, "sign-in refused: rate limit for this account");
                 ratelimit::refusal(wait)
             })?;
     }
@@ -344,7 +388,7 @@ async fn sign_in(
         .inspect_err(|error| {
             // Operators watch for password guessing (and feed it to fail2ban and the like).
             if matches!(error, ApiError::BadCredentials) {
-                info!(client = %peer.ip(), "sign-in refused: wrong email or password");
+                info!(%client, "sign-in refused: wrong email or password");
             }
         })?;
     if let Some(account) = &account {
@@ -358,13 +402,13 @@ async fn sign_in(
 }
 
 /// Counts one sign-in or sign-up attempt against the client's address.
-fn limit_address(gateway: &Gateway, peer: SocketAddr) -> Result<(), ApiError> {
+fn limit_address(gateway: &Gateway, client: IpAddr) -> Result<(), ApiError> {
     gateway
         .limits
         .sign_in_address
-        .take(&peer.ip(), now_ms())
+        .take(&client, now_ms())
         .map_err(|wait| {
-            info!(client = %peer.ip(), "sign-in refused: rate limit for this address");
+            info!(%client, "sign-in refused: rate limit for this address");
             ratelimit::refusal(wait)
         })
 }
@@ -395,7 +439,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 fn owner(headers: &HeaderMap, gateway: &Gateway) -> Result<UserId, ApiError> {
-    gateway.accounts.authenticate(bearer(headers)?)
+    let user = gateway.accounts.authenticate(bearer(headers)?)?;
+    Span::current().record("owner", field::display(user));
+    Ok(user)
 }
 
 // === Registration ===
@@ -495,8 +541,15 @@ where
     let accepting = Box::pin(accept_exchange(request, gateway.clone(), id));
     async move {
         match accepting.await {
-            Ok(exchange) => Box::pin(exchange.respond(&gateway)).await,
-            Err(response) => response,
+            Ok(exchange) => {
+                let (response, end) = Box::pin(exchange.respond(&gateway)).await;
+                gateway.metrics.poll_answered(end);
+                response
+            }
+            Err(response) => {
+                gateway.metrics.poll_answered(PollEnd::Refused);
+                response
+            }
         }
     }
 }
@@ -554,33 +607,53 @@ where
 impl Exchange {
     /// Answers with what is pending, or parks until there is something, the wait ends, a
     /// newer poll supersedes this one, or the server shuts down.
-    async fn respond(self, gateway: &Gateway) -> Response<Body> {
+    async fn respond(self, gateway: &Gateway) -> (Response<Body>, PollEnd) {
         let limits = &gateway.config.devices;
         let (device, signer) = (&self.device, &self.signer);
-        let empty = || signer.answer(StatusCode::OK, &json!({}));
+        let empty = |end| (signer.answer(StatusCode::OK, &json!({})), end);
         let deadline = tokio::time::Instant::now() + self.wait;
         let mut shutdown = gateway.shutdown_handle();
         let mut woken = false;
         loop {
             if device.is_removed() {
-                return signer.fail(&ApiError::UnknownDevice);
+                return (signer.fail(&ApiError::UnknownDevice), PollEnd::Removed);
             }
             if let Some(delivery) = device.take_delivery(woken, self.held_back, limits) {
-                return signer.answer(StatusCode::OK, &delivery.body);
+                if delivery.sent.is_empty() {
+                    return (
+                        signer.answer(StatusCode::OK, &delivery.body),
+                        PollEnd::Immediate,
+                    );
+                }
+                let metrics = &gateway.metrics;
+                metrics.commands_delivered.add(delivery.sent.len() as u64);
+                if woken {
+                    let waited = crate::clock::now_ms().saturating_sub(delivery.newest_queued_ms);
+                    metrics.wake_latency.observe(Duration::from_millis(waited));
+                }
+                return (
+                    signer.answer(StatusCode::OK, &delivery.body),
+                    PollEnd::Delivered,
+                );
             }
-            if self.wait.is_zero() || gateway.is_shutting_down() {
-                return empty();
+            if self.wait.is_zero() {
+                return empty(PollEnd::Immediate);
+            }
+            if gateway.is_shutting_down() {
+                return empty(PollEnd::Shutdown);
             }
             let parked = device.mailbox.park();
             let _counted = gateway.park_guard();
             tokio::select! {
                 wake = parked => match wake {
                     Wake::Notified => woken = true,
-                    Wake::Superseded if device.is_removed() => return signer.fail(&ApiError::UnknownDevice),
-                    Wake::Superseded => return empty(),
+                    Wake::Superseded if device.is_removed() => {
+                        return (signer.fail(&ApiError::UnknownDevice), PollEnd::Removed);
+                    }
+                    Wake::Superseded => return empty(PollEnd::Superseded),
                 },
-                _ = tokio::time::sleep_until(deadline) => return empty(),
-                _ = shutdown.wait() => return empty(),
+                _ = tokio::time::sleep_until(deadline) => return empty(PollEnd::Timeout),
+                _ = shutdown.wait() => return empty(PollEnd::Shutdown),
             }
         }
     }
@@ -651,27 +724,6 @@ async fn events(
             _ = shutdown.wait() => {}
         }
     }
-}
-
-// === Operations ===
-
-fn heartbeat(gateway: &Gateway) -> Response<Body> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let status = if gateway.is_shutting_down() {
-        "stopping"
-    } else {
-        "ok"
-    };
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "status": status,
-            "version": env!("CARGO_PKG_VERSION"),
-            "devices": gateway.registry.len(),
-            "parked": gateway.stats.parked.load(Relaxed),
-            "connections": gateway.stats.connections.load(Relaxed),
-        }),
-    )
 }
 
 #[cfg(test)]

@@ -23,8 +23,9 @@ use tracing::{error, info};
 
 use crate::config::{FsyncPolicy, StorageConfig};
 use crate::error::ApiError;
+use crate::metrics::{Counter, FAST_BOUNDS, Histogram};
 use crate::store::frame;
-use crate::store::record::Record;
+use crate::store::record::{DeviceChange, Record};
 
 /// Which policy a record is written under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,22 @@ pub struct Journal {
     commands: FsyncPolicy,
     positions: FsyncPolicy,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// What passed through, for `/metrics`.
+    stats: Arc<JournalStats>,
+}
+
+/// Counts of what the journal saw. Every change passes through the journal, so counting
+/// here cannot miss one, whichever handler made it.
+#[derive(Debug)]
+pub struct JournalStats {
+    /// Records appended.
+    pub records: Counter,
+    /// Device replies that answered a command (`answered` records with a seq).
+    pub commands_answered: Counter,
+    /// Commands whose receipt a device confirmed with the ack extension.
+    pub commands_confirmed: Counter,
+    /// Time to write (and fsync, when due) one group of records.
+    pub flush: Histogram,
 }
 
 enum Op {
@@ -120,12 +137,14 @@ impl Journal {
         let failed = Arc::new(AtomicBool::new(false));
         let bytes = Arc::new(AtomicU64::new(len));
         let interval = Duration::from_millis(config.fsync_interval_ms);
+        let stats = Arc::new(JournalStats::default());
         let writer = {
             let failed = failed.clone();
             let bytes = bytes.clone();
+            let stats = stats.clone();
             std::thread::Builder::new()
                 .name("journal".into())
-                .spawn(move || write_loop(rx, file, path, failed, bytes, interval))
+                .spawn(move || write_loop(rx, file, path, failed, bytes, interval, &stats))
                 .expect("spawning the journal thread")
         };
         Journal {
@@ -135,6 +154,7 @@ impl Journal {
             commands: config.fsync,
             positions: config.positions_fsync,
             writer: std::sync::Mutex::new(Some(writer)),
+            stats,
         }
     }
 
@@ -148,12 +168,14 @@ impl Journal {
             commands: FsyncPolicy::Interval,
             positions: FsyncPolicy::Interval,
             writer: std::sync::Mutex::new(None),
+            stats: Arc::new(JournalStats::default()),
         }
     }
 
     /// Queues a record. Call it while holding the lock that ordered the change, then wait on
     /// the returned commit after releasing it.
     pub fn append(&self, record: &Record, durability: Durability) -> Commit {
+        self.stats.count(record);
         let Some(tx) = &self.tx else {
             return Commit::done();
         };
@@ -189,6 +211,11 @@ impl Journal {
     }
 
     /// Bytes in the current journal file.
+    /// What the journal has seen since start.
+    pub fn stats(&self) -> &JournalStats {
+        &self.stats
+    }
+
     pub fn len(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
@@ -230,6 +257,32 @@ impl Journal {
     }
 }
 
+// === JournalStats ===
+
+impl Default for JournalStats {
+    fn default() -> Self {
+        JournalStats {
+            records: Counter::default(),
+            commands_answered: Counter::default(),
+            commands_confirmed: Counter::default(),
+            flush: Histogram::new(FAST_BOUNDS),
+        }
+    }
+}
+
+impl JournalStats {
+    fn count(&self, record: &Record) {
+        self.records.inc();
+        if let Record::Device { change, .. } = record {
+            match change {
+                DeviceChange::Answered { seq: Some(_), .. } => self.commands_answered.inc(),
+                DeviceChange::Delivered { seqs } => self.commands_confirmed.add(seqs.len() as u64),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Creates a journal file with its header, durably (file and directory).
 pub fn create_file(path: &Path, generation: u64) -> std::io::Result<File> {
     let mut file = crate::store::open_private(path, true)?;
@@ -246,6 +299,7 @@ fn write_loop(
     failed: Arc<AtomicBool>,
     bytes: Arc<AtomicU64>,
     interval: Duration,
+    stats: &JournalStats,
 ) {
     let mut dirty = false;
     let mut last_sync = Instant::now();
@@ -325,6 +379,7 @@ fn write_loop(
         if acks.is_empty() {
             continue;
         }
+        let started = Instant::now();
         let mut ok = flush(&mut file, &mut buffer, &bytes, &failed, &path);
         if ok && need_sync {
             ok = sync(&file, &failed, &path);
@@ -333,6 +388,7 @@ fn write_loop(
         } else if ok {
             dirty = true;
         }
+        stats.flush.observe(started.elapsed());
         finish(&mut acks, ok);
     }
 }
