@@ -12,6 +12,8 @@ use crate::accounts::Accounts;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::device::Storage;
+use crate::outbound::{Resolve, SystemResolver};
+use crate::push::Pusher;
 use crate::registry::Registry;
 use crate::store::seal::Sealer;
 use crate::store::{self, DataDir, Journal, SnapshotStats, StoreError};
@@ -30,6 +32,8 @@ pub struct Gateway {
     pub data: Arc<DataDir>,
     /// Live counters, shown by `/__heartbeat__`.
     pub stats: Stats,
+    /// Wakes devices with no poll parked through their push URL.
+    pub push: Pusher,
     /// `true` once shutdown has begun; parked polls watch it and answer `{}` at once.
     shutdown: watch::Sender<bool>,
     /// Serializes snapshots (the periodic one and the final one).
@@ -63,6 +67,14 @@ pub struct Maintenance(Vec<JoinHandle<()>>);
 impl Gateway {
     /// Opens the data directory (locking it), recovers its state, and starts the journal.
     pub fn open(config: Config) -> Result<Arc<Gateway>, StoreError> {
+        Gateway::open_with_resolver(config, Arc::new(SystemResolver))
+    }
+
+    /// Like [`Gateway::open`], with push URLs' host names resolved by `resolver`.
+    pub fn open_with_resolver(
+        config: Config,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Arc<Gateway>, StoreError> {
         let data = Arc::new(DataDir::lock(&config.server.data_dir)?);
         let accounts = Arc::new(Accounts::new(config.accounts.token_ttl_hours));
         let registry = Arc::new(Registry::default());
@@ -76,7 +88,9 @@ impl Gateway {
             devices = registry.len(),
             "state recovered"
         );
+        let push = Pusher::new(&config, resolver);
         Ok(Arc::new(Gateway {
+            push,
             config,
             accounts,
             registry,

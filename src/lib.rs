@@ -24,6 +24,8 @@
 //! - [`store`]: durability: the journal (group commit), snapshots, recovery, sealing.
 //! - [`config`]: settings and their validation.
 //! - [`admin`]: the operator's admin socket (`wheresmyfox user add`).
+//! - [`push`]: waking devices with no poll parked through their push URL, over [`outbound`],
+//!   the HTTP client that refuses internal destinations.
 
 pub mod accounts;
 pub mod admin;
@@ -36,7 +38,9 @@ pub mod gateway;
 pub mod hawk_auth;
 pub mod ids;
 pub mod mailbox;
+pub mod outbound;
 pub mod protocol;
+pub mod push;
 pub mod registry;
 pub mod server;
 pub mod service;
