@@ -212,7 +212,7 @@ pub enum EventKind {
     WokenViaPush {
         protocol: PushProtocol,
     },
-    /// How that ping ended: `delivered` to the push service, `failed`, or `url_dead`.
+    /// How that ping ended: `delivered` to the push service, `failed`, or `dead`.
     PushOutcome {
         outcome: &'static str,
         tries: u32,
@@ -905,7 +905,7 @@ impl DeviceState {
                 "ringing": data.flags.ringing_until_ms.is_some_and(|t| t > now),
                 "tracking": data.flags.tracking_until_ms.is_some_and(|t| t > now),
                 "erased": data.flags.erased,
-                "push_url_dead": data.push_dead,
+                "push_dead": data.push_dead,
             },
             "push_protocol": data.push_protocol,
             "lockable": data.lockable,

@@ -183,7 +183,7 @@ impl Wakeup {
             Wakeup::Parked => None,
             Wakeup::PushSent => Some("sent"),
             Wakeup::PushInFlight => Some("in_flight"),
-            Wakeup::PushUrlDead => Some("url_dead"),
+            Wakeup::PushUrlDead => Some("dead"),
             Wakeup::PushDisabled => Some("disabled"),
         }
     }
@@ -365,7 +365,7 @@ impl Pusher {
                 reason: Some(reason),
             },
             PingOutcome::Dead { tries, status } => EventKind::PushOutcome {
-                outcome: "url_dead",
+                outcome: "dead",
                 tries,
                 status: Some(status),
                 reason: None,

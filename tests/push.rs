@@ -585,7 +585,7 @@ async fn a_ping_that_keeps_failing_gives_up_after_the_configured_retries() {
 }
 
 #[tokio::test]
-async fn a_410_marks_the_url_dead_until_the_device_registers_a_new_one() {
+async fn a_410_marks_the_dead_until_the_device_registers_a_new_one() {
     let endpoint = Endpoint::start().await;
     endpoint.then(Reply::status(410));
     let server = Server::start(loopback_push).await;
@@ -593,7 +593,7 @@ async fn a_410_marks_the_url_dead_until_the_device_registers_a_new_one() {
     let old_url = endpoint.url("/gone");
     let (id, _) = register(&mut owner, &old_url, None).await;
     assert_eq!(
-        device_view(&mut owner, &id).await["state"]["push_url_dead"],
+        device_view(&mut owner, &id).await["state"]["push_dead"],
         false
     );
 
@@ -602,13 +602,13 @@ async fn a_410_marks_the_url_dead_until_the_device_registers_a_new_one() {
         .await
         .unwrap();
     let outcome = push_outcome(&mut owner, &id, 1).await;
-    assert_eq!(outcome["outcome"], "url_dead", "{outcome}");
+    assert_eq!(outcome["outcome"], "dead", "{outcome}");
     assert_eq!(
         (outcome["tries"].clone(), outcome["status"].clone()),
         (json!(1), json!(410))
     );
     assert_eq!(
-        device_view(&mut owner, &id).await["state"]["push_url_dead"],
+        device_view(&mut owner, &id).await["state"]["push_dead"],
         true
     );
     assert_eq!(server.gateway.push.stats.read().dead, 1);
@@ -618,7 +618,7 @@ async fn a_410_marks_the_url_dead_until_the_device_registers_a_new_one() {
         .command(&id, &json!({"t":{"p":10,"d":60}}))
         .await
         .unwrap();
-    assert_eq!(answer["push"], "url_dead", "{answer}");
+    assert_eq!(answer["push"], "dead", "{answer}");
     settle().await;
     assert_eq!(endpoint.seen().len(), 1);
 
@@ -630,7 +630,7 @@ async fn a_410_marks_the_url_dead_until_the_device_registers_a_new_one() {
             .await
             .unwrap();
     assert_eq!(
-        device_view(&mut owner, &id).await["state"]["push_url_dead"],
+        device_view(&mut owner, &id).await["state"]["push_dead"],
         true
     );
 
@@ -642,7 +642,7 @@ async fn a_410_marks_the_url_dead_until_the_device_registers_a_new_one() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        device_view(&mut owner, &id).await["state"]["push_url_dead"],
+        device_view(&mut owner, &id).await["state"]["push_dead"],
         true
     );
     let (status, _) = owner
@@ -655,7 +655,7 @@ async fn a_410_marks_the_url_dead_until_the_device_registers_a_new_one() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        device_view(&mut owner, &id).await["state"]["push_url_dead"],
+        device_view(&mut owner, &id).await["state"]["push_dead"],
         false
     );
     let answer = owner.command(&id, &json!({"r":{"d":0}})).await.unwrap();
