@@ -146,6 +146,8 @@ pub struct PushConfig {
     pub allowed_cidrs: Vec<String>,
     /// Allow plain `http` push URLs.
     pub allow_http: bool,
+    /// Most pings under way at once (each holds at most one socket while it sends).
+    pub max_in_flight: usize,
 }
 
 /// A configuration that cannot be used, with the key at fault.
@@ -256,6 +258,7 @@ impl Default for PushConfig {
             web_push_ttl_secs: 86_400,
             allowed_cidrs: Vec::new(),
             allow_http: false,
+            max_in_flight: 500,
         }
     }
 }
@@ -408,6 +411,11 @@ impl Config {
             self.push.retries <= 20,
             "push.retries",
             "must be at most 20",
+        )?;
+        check(
+            (1..=100_000).contains(&self.push.max_in_flight),
+            "push.max_in_flight",
+            "must be from 1 to 100000",
         )?;
         check(
             (1..=3_600_000).contains(&self.push.backoff_base_ms),

@@ -65,6 +65,8 @@ pub enum Wakeup {
     PushUrlDead,
     /// Wake-ups through push are turned off (`push.enabled = false`).
     PushDisabled,
+    /// `push.max_in_flight` pings are under way: the command waits for the device's next poll.
+    PushBusy,
 }
 
 /// How one ping ended.
@@ -147,6 +149,15 @@ pub fn wake(gateway: &Arc<Gateway>, device: &Arc<Device>) -> Wakeup {
     if target.dead {
         return Wakeup::PushUrlDead;
     }
+    // Read without a lock, so a burst may overshoot the cap by the number of requests racing
+    // here; the cap is there to keep sockets in check, not to be exact.
+    if pusher.in_flight.len() >= pusher.config.max_in_flight {
+        return if pusher.in_flight.contains(&device.id) {
+            Wakeup::PushInFlight
+        } else {
+            Wakeup::PushBusy
+        };
+    }
     if !pusher.in_flight.insert(device.id) {
         return Wakeup::PushInFlight;
     }
@@ -185,6 +196,7 @@ impl Wakeup {
             Wakeup::PushInFlight => Some("in_flight"),
             Wakeup::PushUrlDead => Some("dead"),
             Wakeup::PushDisabled => Some("disabled"),
+            Wakeup::PushBusy => Some("busy"),
         }
     }
 }
@@ -445,6 +457,57 @@ mod tests {
             let late = backoff(base, max, 30, &mut rng);
             assert!((500..=1000).contains(&late.as_millis()), "{late:?}");
         }
+    }
+
+    #[test]
+    fn a_dead_url_stays_dead_until_a_new_one_is_registered_and_replay_agrees() {
+        use crate::device::DeviceData;
+        use crate::store::record::DeviceChange;
+        use crate::store::seal::StoredSecret;
+        let limits = crate::config::DevicesConfig::default();
+        let owner = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        let mut data = DeviceData::new(owner, "phone".into(), "https://a.example/1".into(), 0);
+        let reregister = |url: &str| DeviceChange::Reregistered {
+            secret: StoredSecret::Plain("s".into()),
+            push_url: url.into(),
+            push_protocol: PushProtocol::WebPush,
+            name: None,
+        };
+        // A mark for a URL the device no longer has (it registered a new one while the ping
+        // was under way) changes nothing.
+        data.apply(
+            &DeviceChange::PushDead {
+                push_url: "https://old.example/0".into(),
+            },
+            &limits,
+        );
+        assert!(!data.push_dead);
+        data.apply(
+            &DeviceChange::PushDead {
+                push_url: "https://a.example/1".into(),
+            },
+            &limits,
+        );
+        assert!(data.push_dead);
+        data.apply(&reregister("https://a.example/1"), &limits);
+        assert!(data.push_dead, "the same URL is still dead");
+        assert_eq!(data.push_protocol, PushProtocol::WebPush);
+        data.apply(&reregister("https://b.example/2"), &limits);
+        assert!(!data.push_dead);
+    }
+
+    #[test]
+    fn records_written_before_push_types_read_as_simplepush() {
+        use crate::store::record::{DeviceChange, Record};
+        let old = r#"{"op":"device","id":"0123456789abcdef0123456789abcdef","v":1,"change":{"kind":"registered","owner":"0123456789abcdef0123456789abcdef","name":"p","secret":{"plain":"s"},"push_url":"https://a.example/1","at_ms":5}}"#;
+        let Ok(Record::Device {
+            change: DeviceChange::Registered { push_protocol, .. },
+            ..
+        }) = serde_json::from_str::<Record>(old)
+        else {
+            panic!("an old record must still parse");
+        };
+        assert_eq!(push_protocol, PushProtocol::SimplePush);
     }
 
     #[test]
