@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -176,9 +177,23 @@ async fn answer(
 
 // === Names that resolve where a test says ===
 
-/// A resolver with fixed answers, for names that resolve to internal addresses.
+/// A resolver with fixed answers, for names that resolve to internal addresses. It counts
+/// lookups, to show that each try resolves once and connects to what that lookup said.
 #[derive(Debug, Default)]
-struct Hosts(HashMap<String, Vec<IpAddr>>);
+struct Hosts(HashMap<String, Vec<IpAddr>>, AtomicUsize);
+
+impl Hosts {
+    fn new(entries: &[(&str, &[&str])]) -> Hosts {
+        let map = entries
+            .iter()
+            .map(|(name, ips)| {
+                let ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+                ((*name).to_owned(), ips)
+            })
+            .collect();
+        Hosts(map, AtomicUsize::new(0))
+    }
+}
 
 impl Resolve for Hosts {
     fn resolve<'a>(
@@ -186,6 +201,7 @@ impl Resolve for Hosts {
         host: &'a str,
         port: u16,
     ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        self.1.fetch_add(1, Ordering::SeqCst);
         let found = self.0.get(host).map(|ips| {
             ips.iter()
                 .map(|ip| SocketAddr::new(*ip, port))
@@ -585,7 +601,7 @@ async fn a_ping_that_keeps_failing_gives_up_after_the_configured_retries() {
 }
 
 #[tokio::test]
-async fn a_410_marks_the_dead_until_the_device_registers_a_new_one() {
+async fn a_410_marks_the_push_url_dead_until_the_device_registers_a_new_one() {
     let endpoint = Endpoint::start().await;
     endpoint.then(Reply::status(410));
     let server = Server::start(loopback_push).await;
@@ -715,19 +731,13 @@ async fn registration_refuses_push_urls_the_server_will_never_reach() {
 async fn names_that_resolve_to_internal_addresses_are_never_connected_to() {
     let endpoint = Endpoint::start().await;
     let port = endpoint.addr.port();
-    let hosts = Hosts(HashMap::from([
+    let hosts = Hosts::new(&[
         // The endpoint is listening there: a connection would show in `seen`.
-        (
-            "loopback.test".to_owned(),
-            vec!["127.0.0.1".parse().unwrap()],
-        ),
-        ("six.test".to_owned(), vec!["::1".parse().unwrap()]),
-        ("private.test".to_owned(), vec!["10.1.2.3".parse().unwrap()]),
-        (
-            "metadata.test".to_owned(),
-            vec!["169.254.169.254".parse().unwrap()],
-        ),
-    ]));
+        ("loopback.test", &["127.0.0.1"]),
+        ("six.test", &["::1"]),
+        ("private.test", &["10.1.2.3"]),
+        ("metadata.test", &["169.254.169.254"]),
+    ]);
     // http allowed, but no address range: the check is the address classification alone.
     let server = Server::start_in(
         tempfile::tempdir().unwrap(),
@@ -842,12 +852,8 @@ async fn the_outbound_client_connects_only_to_addresses_it_checked() {
     // A name with one internal and one allowed address: the connection goes to the allowed
     // one, the only one checked and passed, never to whatever a second lookup would say.
     let endpoint = Endpoint::start().await;
-    let hosts = Hosts(HashMap::from([(
-        "mixed.test".to_owned(),
-        vec!["10.9.9.9".parse().unwrap(), "127.0.0.1".parse().unwrap()],
-    )]));
-    let server =
-        Server::start_in(tempfile::tempdir().unwrap(), loopback_push, Arc::new(hosts)).await;
+    let hosts = Arc::new(Hosts::new(&[("mixed.test", &["10.9.9.9", "127.0.0.1"])]));
+    let server = Server::start_in(tempfile::tempdir().unwrap(), loopback_push, hosts.clone()).await;
     let outbound = server.gateway.push.outbound();
     let send = |url: String| OutboundRequest {
         method: Method::PUT,
@@ -863,6 +869,11 @@ async fn the_outbound_client_connects_only_to_addresses_it_checked() {
         .await
         .unwrap();
     assert_eq!(response.status, StatusCode::CREATED);
+    assert_eq!(
+        hosts.1.load(Ordering::SeqCst),
+        1,
+        "one lookup, then the connection"
+    );
     assert_eq!(
         endpoint.seen()[0].headers[http::header::HOST],
         format!("mixed.test:{}", endpoint.addr.port())
@@ -880,4 +891,73 @@ async fn the_outbound_client_connects_only_to_addresses_it_checked() {
         .unwrap_err();
     assert!(e.to_string().starts_with("refused"), "{e}");
     assert_eq!(endpoint.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn numeric_host_spellings_are_judged_by_the_address_they_resolve_to() {
+    // `127.1` and `2130706433` are not IP literals to a URL parser, but the system resolver
+    // (inet_aton rules, no DNS query) turns them into 127.0.0.1: the check on the resolved
+    // address still catches them.
+    let endpoint = Endpoint::start().await;
+    let port = endpoint.addr.port();
+    let server = Server::start(|config| {
+        loopback_push(config);
+        config.push.allowed_cidrs.clear();
+        config.push.retries = 0;
+    })
+    .await;
+    let mut owner = server.owner("numeric").await;
+    for host in ["127.1", "2130706433", "0x7f.0.0.1"] {
+        let (id, _) = register(&mut owner, &format!("http://{host}:{port}/p"), None).await;
+        owner
+            .command(&id, &json!({"r":{"p":5,"d":30}}))
+            .await
+            .unwrap();
+        let outcome = push_outcome(&mut owner, &id, 1).await;
+        assert_eq!(outcome["outcome"], "failed", "{host}: {outcome}");
+        let reason = outcome["reason"].as_str().unwrap();
+        assert!(reason.starts_with("refused"), "{host}: {reason}");
+    }
+    settle().await;
+    assert!(endpoint.seen().is_empty(), "{:?}", endpoint.seen());
+}
+
+#[tokio::test]
+async fn past_the_in_flight_cap_a_command_waits_for_the_next_poll() {
+    let endpoint = Endpoint::start().await;
+    endpoint.then(Reply {
+        delay: Duration::from_millis(400),
+        ..Reply::status(201)
+    });
+    let server = Server::start(|config| {
+        loopback_push(config);
+        config.push.max_in_flight = 1;
+    })
+    .await;
+    let mut owner = server.owner("busy").await;
+    let (first, _) = register(&mut owner, &endpoint.url("/one"), None).await;
+    let (second, _) = register(&mut owner, &endpoint.url("/two"), None).await;
+    let answer = owner
+        .command(&first, &json!({"r":{"p":5,"d":30}}))
+        .await
+        .unwrap();
+    assert_eq!(answer["push"], "sent", "{answer}");
+    let answer = owner
+        .command(&first, &json!({"t":{"p":5,"d":30}}))
+        .await
+        .unwrap();
+    assert_eq!(answer["push"], "in_flight", "{answer}");
+    let answer = owner
+        .command(&second, &json!({"r":{"p":5,"d":30}}))
+        .await
+        .unwrap();
+    assert_eq!(answer["push"], "busy", "{answer}");
+    push_outcome(&mut owner, &first, 1).await;
+    settle().await;
+    // The cap is free again.
+    let answer = owner.command(&second, &json!({"r":{"d":0}})).await.unwrap();
+    assert_eq!(answer["push"], "sent", "{answer}");
+    push_outcome(&mut owner, &second, 1).await;
+    let paths: Vec<String> = endpoint.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/one", "/two"]);
 }
