@@ -412,10 +412,22 @@ impl fmt::Debug for Outbound {
 }
 
 impl Outbound {
+    /// A client that trusts the Mozilla root certificates (built in, so the host's
+    /// certificate store, or the lack of one, does not matter).
     pub fn new(policy: Policy, timeouts: Timeouts, resolver: Arc<dyn Resolve>) -> Outbound {
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
+        Outbound::with_roots(policy, timeouts, resolver, roots)
+    }
+
+    /// A client that trusts `roots` only (a private push service, tests).
+    pub fn with_roots(
+        policy: Policy,
+        timeouts: Timeouts,
+        resolver: Arc<dyn Resolve>,
+        roots: rustls::RootCertStore,
+    ) -> Outbound {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -961,3 +961,88 @@ async fn past_the_in_flight_cap_a_command_waits_for_the_next_poll() {
     let paths: Vec<String> = endpoint.seen().into_iter().map(|s| s.path).collect();
     assert_eq!(paths, ["/one", "/two"]);
 }
+
+#[tokio::test]
+async fn https_push_urls_are_reached_over_verified_tls() {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use wheresmyfox::outbound::{Outbound, Policy, Timeouts};
+
+    // A push service with a certificate for push.test, on loopback.
+    let issued = rcgen::generate_simple_self_signed(vec!["push.test".to_owned()]).unwrap();
+    let cert: CertificateDer<'static> = issued.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_pair.serialize_der()));
+    let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let script = Arc::new(Mutex::new(VecDeque::new()));
+    let (seen2, script2) = (seen.clone(), script.clone());
+    let service = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, seen, script) = (acceptor.clone(), seen2.clone(), script2.clone());
+            tokio::spawn(async move {
+                // Handshakes the client abandons (an untrusted certificate) just end here.
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request| {
+                    answer(request, seen.clone(), script.clone())
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+
+    let policy = Policy {
+        allow_http: false,
+        allowed: vec!["127.0.0.0/8".parse().unwrap()],
+    };
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(2),
+        request: Duration::from_secs(5),
+    };
+    let hosts: Arc<dyn Resolve> = Arc::new(Hosts::new(&[
+        ("push.test", &["127.0.0.1"]),
+        ("other.test", &["127.0.0.1"]),
+    ]));
+    let request = |host: &str| OutboundRequest {
+        method: Method::POST,
+        url: format!("https://{host}:{port}/wpush/1"),
+        headers: Vec::new(),
+        body: Bytes::new(),
+    };
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let trusting = Outbound::with_roots(policy.clone(), timeouts, hosts.clone(), roots);
+    let response = trusting.send(&request("push.test")).await.unwrap();
+    assert_eq!(response.status, StatusCode::CREATED);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    // The certificate must name the host: the same server under another name is refused.
+    let e = trusting.send(&request("other.test")).await.unwrap_err();
+    assert!(e.to_string().contains("TLS"), "{e}");
+    // And it must chain to a trusted root: the built-in roots do not know this one.
+    let default = Outbound::new(policy, timeouts, hosts);
+    let e = default.send(&request("push.test")).await.unwrap_err();
+    assert!(e.to_string().contains("TLS"), "{e}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "no request went out unverified"
+    );
+    service.abort();
+}
