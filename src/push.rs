@@ -230,9 +230,9 @@ impl Pusher {
         &self.outbound
     }
 
-    /// Whether a ping to this device is under way.
-    pub fn is_in_flight(&self, id: &DeviceId) -> bool {
-        self.in_flight.contains(id)
+    /// Pings under way right now (a gauge, next to the [`PushStats`] counters).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// Pings until delivered, dead, refused, or out of retries.
@@ -244,14 +244,15 @@ impl Pusher {
         loop {
             tries += 1;
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
-            let reason = match self.try_once(&request).await {
+            let reason = match self.try_once(device.id, &request).await {
                 Try::Done(outcome) => return with_tries(outcome, tries),
                 Try::Retry(reason) => reason,
             };
             if tries > self.config.retries || device.is_removed() {
+                let plural = if tries == 1 { "try" } else { "tries" };
                 return PingOutcome::Failed {
                     tries,
-                    reason: format!("{reason} (gave up after {tries} tries)"),
+                    reason: format!("{reason} (gave up after {tries} {plural})"),
                 };
             }
             self.stats.retried.fetch_add(1, Ordering::Relaxed);
@@ -266,7 +267,7 @@ impl Pusher {
         }
     }
 
-    async fn try_once(&self, request: &OutboundRequest) -> Try {
+    async fn try_once(&self, device: DeviceId, request: &OutboundRequest) -> Try {
         match self.outbound.send(request).await {
             Ok(response) => {
                 let status = response.status;
@@ -292,7 +293,9 @@ impl Pusher {
                 }
             }
             Err(OutboundError::Refused(detail)) => {
-                info!(%detail, "push ping refused by the outbound policy");
+                // The host and address go to the operator's log (never to the owner), so that
+                // a refused URL can be told apart from a misconfigured allow-list.
+                info!(%device, %detail, "push ping refused by the outbound policy");
                 Try::Done(PingOutcome::Failed {
                     tries: 0,
                     reason: "refused: the push URL leads to an address this server does not reach"
@@ -300,7 +303,7 @@ impl Pusher {
                 })
             }
             Err(e) => {
-                debug!(error = %e, "push ping failed");
+                debug!(%device, error = %e, "push ping failed");
                 Try::Retry(public_reason(&e).into())
             }
         }
