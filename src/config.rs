@@ -26,6 +26,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub proxy: ProxyConfig,
     pub metrics: MetricsConfig,
+    pub push: PushConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -174,6 +175,31 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Ping a device's push URL when a command is queued and no poll is parked.
+    pub enabled: bool,
+    /// Milliseconds allowed for each TCP connection to a push service.
+    pub connect_timeout_ms: u64,
+    /// Milliseconds allowed for a whole ping (lookup, connection, TLS, request, answer).
+    pub request_timeout_ms: u64,
+    /// Further tries after a retryable failure (5xx, 429, timeout, connection error).
+    pub retries: u32,
+    /// First wait before a retry, in milliseconds; doubles per retry up to `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    /// Longest wait between tries, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// The Web Push `TTL` header, in seconds.
+    pub web_push_ttl_secs: u64,
+    /// Addresses push URLs may resolve to whatever their class (CIDR blocks).
+    pub allowed_cidrs: Vec<String>,
+    /// Allow plain `http` push URLs.
+    pub allow_http: bool,
+    /// Most pings under way at once (each holds at most one socket while it sends).
+    pub max_in_flight: usize,
+}
+
 /// A configuration that cannot be used, with the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -306,6 +332,24 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".to_owned(),
             format: LogFormat::Human,
+        }
+    }
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            enabled: true,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 10_000,
+            retries: 4,
+            backoff_base_ms: 500,
+            backoff_max_ms: 30_000,
+            // A day: commands never expire, so a wake-up delivered late still brings them.
+            web_push_ttl_secs: 86_400,
+            allowed_cidrs: Vec::new(),
+            allow_http: false,
+            max_in_flight: 500,
         }
     }
 }
@@ -559,6 +603,47 @@ impl Config {
             )?;
         }
         check(
+            (1..=60_000).contains(&self.push.connect_timeout_ms),
+            "push.connect_timeout_ms",
+            "must be from 1 to 60000",
+        )?;
+        check(
+            (1..=300_000).contains(&self.push.request_timeout_ms),
+            "push.request_timeout_ms",
+            "must be from 1 to 300000",
+        )?;
+        check(
+            self.push.retries <= 20,
+            "push.retries",
+            "must be at most 20",
+        )?;
+        check(
+            (1..=100_000).contains(&self.push.max_in_flight),
+            "push.max_in_flight",
+            "must be from 1 to 100000",
+        )?;
+        check(
+            (1..=3_600_000).contains(&self.push.backoff_base_ms),
+            "push.backoff_base_ms",
+            "must be from 1 to 3600000",
+        )?;
+        check(
+            (self.push.backoff_base_ms..=3_600_000).contains(&self.push.backoff_max_ms),
+            "push.backoff_max_ms",
+            "must be from push.backoff_base_ms to 3600000",
+        )?;
+        check(
+            self.push.web_push_ttl_secs <= 2_419_200,
+            "push.web_push_ttl_secs",
+            "must be at most 2419200 (four weeks)",
+        )?;
+        if let Err(message) = self.push_policy() {
+            return Err(ConfigError::Invalid {
+                key: "push.allowed_cidrs",
+                message,
+            });
+        }
+        check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
             "log.level",
             "is not a valid filter (try info, debug or wheresmyfox=debug)",
@@ -571,7 +656,24 @@ impl Config {
         let mut config = Config::default();
         config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.server.data_dir = data_dir.to_owned();
+        // Tests reach loopback only, and their devices name push URLs nobody serves; a test
+        // of wake-ups turns this on with an endpoint of its own.
+        config.push.enabled = false;
         config
+    }
+
+    /// The outbound policy for push URLs, from `push.allow_http` and `push.allowed_cidrs`.
+    pub fn push_policy(&self) -> Result<crate::outbound::Policy, String> {
+        let allowed = self
+            .push
+            .allowed_cidrs
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<_, String>>()?;
+        Ok(crate::outbound::Policy {
+            allow_http: self.push.allow_http,
+            allowed,
+        })
     }
 
     /// The host and port devices sign, from `server.public_url`, if set.
@@ -692,6 +794,11 @@ mod tests {
         let e =
             Config::from_toml("[poll]\nwait_secs = 100\noffline_after_secs = 50\n").unwrap_err();
         assert!(e.to_string().contains("poll.offline_after_secs"), "{e}");
+        let e = Config::from_toml("[push]\nallowed_cidrs = [\"10.0.0.0/40\"]\n").unwrap_err();
+        assert!(e.to_string().contains("push.allowed_cidrs"), "{e}");
+        let e =
+            Config::from_toml("[push]\nbackoff_base_ms = 10\nbackoff_max_ms = 5\n").unwrap_err();
+        assert!(e.to_string().contains("push.backoff_max_ms"), "{e}");
         let e = Config::from_toml("[log]\nlevel = \"[[\"\n").unwrap_err();
         assert!(e.to_string().contains("log.level"), "{e}");
     }

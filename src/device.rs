@@ -45,6 +45,7 @@ use crate::hawk_auth::NonceCache;
 use crate::ids::{DeviceId, UserId};
 use crate::mailbox::Mailbox;
 use crate::protocol::{CommandSet, DeviceReport, Kind, KindSet, Outcome, Position};
+use crate::push::{PushProtocol, PushTarget};
 use crate::store::record::{DeviceChange, Record};
 use crate::store::seal::Sealer;
 use crate::store::{Commit, Durability, Journal};
@@ -102,6 +103,12 @@ pub struct DeviceData {
     pub name: String,
     /// Where the device asks to be woken; never shown to owners.
     pub push_url: String,
+    /// How to ping `push_url`.
+    #[serde(default)]
+    pub push_protocol: PushProtocol,
+    /// A push service said `push_url` is gone (404/410); cleared by a new URL.
+    #[serde(default)]
+    pub push_dead: bool,
     pub registered_ms: u64,
     /// Whether the device has a lock code of its own (`has_passcode`).
     pub lockable: Option<bool>,
@@ -201,6 +208,19 @@ pub enum EventKind {
     },
     Online,
     Offline,
+    /// No poll was parked when a command was queued: the push URL is being pinged.
+    WokenViaPush {
+        protocol: PushProtocol,
+    },
+    /// How that ping ended: `delivered` to the push service, `failed`, or `dead`.
+    PushOutcome {
+        outcome: &'static str,
+        tries: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -224,6 +244,7 @@ pub struct Delivery {
 pub struct Registration {
     pub secret: String,
     pub push_url: String,
+    pub push_protocol: PushProtocol,
     pub name: Option<String>,
 }
 
@@ -257,7 +278,8 @@ impl Device {
     /// A newly registered device. The caller journals the `Registered` record.
     pub fn new(id: DeviceId, owner: UserId, registration: Registration, now: u64) -> Device {
         let name = registration.name.unwrap_or_else(|| "My device".to_owned());
-        let data = DeviceData::new(owner, name, registration.push_url, now);
+        let mut data = DeviceData::new(owner, name, registration.push_url, now);
+        data.push_protocol = registration.push_protocol;
         let device = Device::restore(id, data, registration.secret);
         device.with(|s| s.push_event(EventKind::Registered, usize::MAX));
         device
@@ -295,6 +317,7 @@ impl Device {
                 name: s.data.name.clone(),
                 secret: sealer.seal(&s.secret),
                 push_url: s.data.push_url.clone(),
+                push_protocol: s.data.push_protocol,
                 at_ms: s.data.registered_ms,
             },
         })
@@ -385,6 +408,7 @@ impl Device {
             let change = DeviceChange::Reregistered {
                 secret: storage.sealer.seal(&registration.secret),
                 push_url: registration.push_url,
+                push_protocol: registration.push_protocol,
                 name: registration.name,
             };
             s.set_secret(registration.secret);
@@ -429,6 +453,50 @@ impl Device {
                 Durability::Commands,
             )
         })
+    }
+
+    /// Where and how to wake the device; `None` once forgotten.
+    pub fn push_target(&self) -> Option<PushTarget> {
+        self.with(|s| {
+            (!s.removed).then(|| PushTarget {
+                url: s.data.push_url.clone(),
+                protocol: s.data.push_protocol,
+                dead: s.data.push_dead,
+            })
+        })
+    }
+
+    /// Records that a push service called `url` gone. A no-op if the device has registered
+    /// another URL since the ping started (the journal record says which URL, so replay agrees).
+    pub fn mark_push_dead(
+        &self,
+        url: &str,
+        limits: &DevicesConfig,
+        storage: Storage<'_>,
+    ) -> Commit {
+        self.with(|s| {
+            if s.removed || s.data.push_url != url || s.data.push_dead {
+                return Commit::done();
+            }
+            s.commit(
+                self.id,
+                DeviceChange::PushDead {
+                    push_url: url.to_owned(),
+                },
+                limits,
+                storage,
+                Durability::Commands,
+            )
+        })
+    }
+
+    /// Appends an event that records no durable change (how a wake-up went).
+    pub fn note_event(&self, kind: EventKind, limits: &DevicesConfig) {
+        self.with(|s| {
+            if !s.removed {
+                s.push_event(kind, limits.events_kept);
+            }
+        });
     }
 
     /// Marks the device forgotten, journals that, and releases its parked poll.
@@ -844,7 +912,9 @@ impl DeviceState {
                 "ringing": data.flags.ringing_until_ms.is_some_and(|t| t > now),
                 "tracking": data.flags.tracking_until_ms.is_some_and(|t| t > now),
                 "erased": data.flags.erased,
+                "push_dead": data.push_dead,
             },
+            "push_protocol": data.push_protocol,
             "lockable": data.lockable,
             "last_position": data.last_position,
             "last_exchange_ms": data.last_exchange_ms,
@@ -863,6 +933,8 @@ impl DeviceData {
             v: 1,
             name,
             push_url,
+            push_protocol: PushProtocol::default(),
+            push_dead: false,
             registered_ms,
             lockable: None,
             last_position: None,
@@ -882,8 +954,17 @@ impl DeviceData {
         self.v += 1;
         match change {
             DeviceChange::Registered { .. } | DeviceChange::Removed => {}
-            DeviceChange::Reregistered { push_url, name, .. } => {
+            DeviceChange::Reregistered {
+                push_url,
+                push_protocol,
+                name,
+                ..
+            } => {
+                if self.push_url != *push_url {
+                    self.push_dead = false;
+                }
                 self.push_url.clone_from(push_url);
+                self.push_protocol = *push_protocol;
                 if let Some(name) = name {
                     self.name.clone_from(name);
                 }
@@ -948,6 +1029,11 @@ impl DeviceData {
             }
             DeviceChange::Position { fix } => self.record_position(*fix, limits),
             DeviceChange::Lockable { value } => self.lockable = Some(*value),
+            DeviceChange::PushDead { push_url } => {
+                if self.push_url == *push_url {
+                    self.push_dead = true;
+                }
+            }
         }
     }
 

@@ -65,6 +65,8 @@ pub enum ApiError {
     StorageUnavailable,
     #[error("internal error")]
     Internal(String),
+    #[error("pushurl: {0}")]
+    PushUrlRefused(String),
 }
 
 // === ApiError ===
@@ -93,6 +95,7 @@ impl ApiError {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Overloaded | StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            PushUrlRefused(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -124,6 +127,7 @@ impl ApiError {
             Overloaded => 150,
             StorageUnavailable => 160,
             Internal(_) => 999,
+            PushUrlRefused(_) => 230,
         }
     }
 

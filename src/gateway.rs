@@ -13,6 +13,8 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::device::Storage;
 use crate::metrics::Metrics;
+use crate::outbound::{Resolve, SystemResolver};
+use crate::push::Pusher;
 use crate::ratelimit::Limits;
 use crate::registry::Registry;
 use crate::store::seal::Sealer;
@@ -36,6 +38,8 @@ pub struct Gateway {
     pub limits: Limits,
     /// Counters and histograms for `/metrics`; other modules may register their own there.
     pub metrics: Metrics,
+    /// Wakes devices with no poll parked through their push URL.
+    pub push: Pusher,
     /// `true` once shutdown has begun; parked polls watch it and answer `{}` at once.
     shutdown: watch::Sender<bool>,
     /// Serializes snapshots (the periodic one and the final one).
@@ -69,6 +73,14 @@ pub struct Maintenance(Vec<JoinHandle<()>>);
 impl Gateway {
     /// Opens the data directory (locking it), recovers its state, and starts the journal.
     pub fn open(config: Config) -> Result<Arc<Gateway>, StoreError> {
+        Gateway::open_with_resolver(config, Arc::new(SystemResolver))
+    }
+
+    /// Like [`Gateway::open`], with push URLs' host names resolved by `resolver`.
+    pub fn open_with_resolver(
+        config: Config,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Arc<Gateway>, StoreError> {
         let data = Arc::new(DataDir::lock(&config.server.data_dir)?);
         let accounts = Arc::new(Accounts::new(config.accounts.token_ttl_hours));
         let registry = Arc::new(Registry::default());
@@ -82,8 +94,10 @@ impl Gateway {
             devices = registry.len(),
             "state recovered"
         );
+        let push = Pusher::new(&config, resolver);
         Ok(Arc::new(Gateway {
             limits: Limits::new(&config.limits),
+            push,
             config,
             accounts,
             registry,

@@ -27,6 +27,8 @@
 //! - [`metrics`]: counters and histograms, rendered for Prometheus at `/metrics`.
 //! - [`admin`]: the operator's admin socket (`wheresmyfox user add`).
 //! - [`ratelimit`]: keyed limits against password guessing and command flooding.
+//! - [`push`]: waking devices with no poll parked through their push URL, over [`outbound`],
+//!   the HTTP client that refuses internal destinations.
 
 pub mod accounts;
 pub mod admin;
@@ -41,7 +43,9 @@ pub mod hawk_auth;
 pub mod ids;
 pub mod mailbox;
 pub mod metrics;
+pub mod outbound;
 pub mod protocol;
+pub mod push;
 pub mod ratelimit;
 pub mod registry;
 pub mod server;

@@ -411,6 +411,27 @@ pub fn render(gateway: &Gateway) -> String {
         "Registered devices.",
         &[(&[], gauge(gateway.registry.len()))],
     );
+    let push = gateway.push.stats.read();
+    out.counter(
+        "wheresmyfox_push_attempts_total",
+        "Requests sent (or tried) to push services, retries included.",
+        &[(&[], push.attempts)],
+    );
+    out.counter(
+        "wheresmyfox_push_outcomes_total",
+        "Wake-up pings by how they ended (retried counts tries that were retried).",
+        &[
+            (&[("outcome", "delivered")], push.delivered),
+            (&[("outcome", "retried")], push.retried),
+            (&[("outcome", "failed")], push.failed),
+            (&[("outcome", "dead")], push.dead),
+        ],
+    );
+    out.gauge(
+        "wheresmyfox_push_in_flight",
+        "Devices with a wake-up ping under way.",
+        &[(&[], gauge(gateway.push.in_flight()))],
+    );
     let sources = metrics
         .sources
         .read()

@@ -325,10 +325,15 @@ where
             // Durable before the device can see it: nothing it acts on can be lost.
             commit.wait().await?;
             gateway.metrics.commands_queued.add(queued.len() as u64);
-            let parked = device.mailbox.notify();
+            let woken = crate::push::wake(gateway, &device);
             Ok(json_response(
                 StatusCode::ACCEPTED,
-                &json!({ "queued": queued, "command": wire, "parked": parked }),
+                &json!({
+                    "queued": queued,
+                    "command": wire,
+                    "parked": woken == crate::push::Wakeup::Parked,
+                    "push": woken.answer(),
+                }),
             ))
         }
         Route::Events(id) => {
@@ -460,6 +465,7 @@ async fn register(
             "secret",
             "name",
             "has_passcode",
+            "pushtype",
         ],
     )?;
     if let Some(claimed) = take_string(&mut body, "userid")?
@@ -472,7 +478,17 @@ async fn register(
     hawk_auth::check_secret(&secret).map_err(ApiError::WeakSecret)?;
     let push_url =
         take_string(&mut body, "pushurl")?.ok_or_else(|| field_error("pushurl", "is required"))?;
-    check_push_url(&push_url)?;
+    check_push_url(&push_url, gateway)?;
+    let push_protocol = match take_string(&mut body, "pushtype")?.as_deref() {
+        None | Some("simplepush") => crate::push::PushProtocol::SimplePush,
+        Some("webpush") => crate::push::PushProtocol::WebPush,
+        Some(_) => {
+            return Err(field_error(
+                "pushtype",
+                "must be \"simplepush\" or \"webpush\"",
+            ));
+        }
+    };
     // An id we do not know (or that is not this user's) is ignored, as the seed says: the
     // device gets a fresh id and nothing of any other device's data.
     let known = take_string(&mut body, "deviceid")?.and_then(|id| id.parse::<DeviceId>().ok());
@@ -485,6 +501,7 @@ async fn register(
     let registration = Registration {
         secret,
         push_url,
+        push_protocol,
         name,
     };
     let limits = &gateway.config.devices;
@@ -503,18 +520,21 @@ async fn register(
     Ok(json_response(StatusCode::OK, &json!({ "id": id })))
 }
 
-fn check_push_url(url: &str) -> Result<(), ApiError> {
-    let bad = |reason: &str| field_error("pushurl", reason);
+/// A malformed URL is a bad field (101); a well-formed one that the push policy will never
+/// reach (plain http, an internal address, `localhost`) is refused outright (230), so that a
+/// device learns at registration rather than by never being woken.
+fn check_push_url(url: &str, gateway: &Gateway) -> Result<(), ApiError> {
     if url.len() > MAX_PUSH_URL_LEN {
-        return Err(bad("is too long"));
+        return Err(field_error("pushurl", "is too long"));
     }
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| bad("must be an absolute http or https URL"))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) => Ok(()),
-        _ => Err(bad("must be an absolute http or https URL")),
-    }
+    crate::outbound::Target::parse(url).map_err(|reason| field_error("pushurl", &reason))?;
+    gateway
+        .push
+        .outbound()
+        .policy()
+        .check_url(url)
+        .map_err(ApiError::PushUrlRefused)?;
+    Ok(())
 }
 
 // === The device channel ===

@@ -499,6 +499,7 @@ fn replay(
                 name,
                 secret,
                 push_url,
+                push_protocol,
                 at_ms,
             } => {
                 if registry.get(id).is_none() {
@@ -508,6 +509,7 @@ fn replay(
                         push_url.clone(),
                         *at_ms,
                     );
+                    data.push_protocol = *push_protocol;
                     data.v = *v;
                     registry.restore(*id, data, sealer.open(secret)?);
                 }

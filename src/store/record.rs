@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::device::{DeviceData, Fix};
 use crate::ids::{DeviceId, UserId};
 use crate::protocol::Kind;
+use crate::push::PushProtocol;
 use crate::store::seal::StoredSecret;
 
 /// One journal record.
@@ -49,11 +50,16 @@ pub enum DeviceChange {
         name: String,
         secret: StoredSecret,
         push_url: String,
+        /// Absent in records written before push wake-ups: SimplePush, the seed's protocol.
+        #[serde(default)]
+        push_protocol: PushProtocol,
         at_ms: u64,
     },
     Reregistered {
         secret: StoredSecret,
         push_url: String,
+        #[serde(default)]
+        push_protocol: PushProtocol,
         name: Option<String>,
     },
     Renamed {
@@ -86,6 +92,10 @@ pub enum DeviceChange {
         value: bool,
     },
     Removed,
+    /// A push service answered 404/410 for this URL (ignored if the device has another now).
+    PushDead {
+        push_url: String,
+    },
 }
 
 /// One entry of a snapshot file.

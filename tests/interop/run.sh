@@ -32,6 +32,9 @@ fi
 
 DATA_DIR="$(mktemp -d)"
 LOG_FILE="$(mktemp)"
+# The test's devices name push URLs on the public internet; tests reach loopback only.
+CONFIG_FILE="$(mktemp)"
+printf '[push]\nenabled = false\n' >"$CONFIG_FILE"
 SERVER_PID=""
 
 cleanup() {
@@ -49,14 +52,15 @@ cleanup() {
         echo "run.sh: failed (exit $rc); server log:" >&2
         tail -n 50 "$LOG_FILE" >&2 || true
     fi
-    rm -rf "$DATA_DIR" "$LOG_FILE"
+    rm -rf "$DATA_DIR" "$LOG_FILE" "$CONFIG_FILE"
     exit $rc
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-RUST_LOG=info "$BIN" serve --listen 127.0.0.1:0 --data-dir "$DATA_DIR" >"$LOG_FILE" 2>&1 &
+RUST_LOG=info "$BIN" serve --listen 127.0.0.1:0 --data-dir "$DATA_DIR" --config "$CONFIG_FILE" \
+    >"$LOG_FILE" 2>&1 &
 SERVER_PID=$!
 
 ADDR=""

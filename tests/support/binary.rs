@@ -9,6 +9,7 @@ pub struct Binary {
     pub child: Child,
     pub addr: std::net::SocketAddr,
     _dir: Option<tempfile::TempDir>,
+    _config: Option<tempfile::NamedTempFile>,
 }
 
 impl Binary {
@@ -20,9 +21,21 @@ impl Binary {
     }
 
     pub fn start_in(data_dir: &std::path::Path, extra: &[&str]) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wheresmyfox"))
+        // Tests reach loopback only: unless a test brings its own configuration, push
+        // wake-ups (which would ping the devices' made-up push URLs) are off.
+        let config = (!extra.contains(&"--config")).then(|| {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), "[push]\nenabled = false\n").unwrap();
+            file
+        });
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wheresmyfox"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+            .arg(data_dir);
+        if let Some(config) = &config {
+            command.arg("--config").arg(config.path());
+        }
+        let mut child = command
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -46,6 +59,7 @@ impl Binary {
             child,
             addr,
             _dir: None,
+            _config: config,
         }
     }
 
