@@ -21,6 +21,7 @@ use crate::error::ApiError;
 use crate::ids::UserId;
 use crate::store::record::Record;
 use crate::store::{Commit, Durability, Journal};
+use crate::websession::WebSessions;
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -36,6 +37,8 @@ pub struct Accounts {
     users: DashMap<UserId, User>,
     /// SHA-256 of a token → session.
     tokens: DashMap<[u8; 32], Session>,
+    /// Browser sessions (cookies), beside the bearer tokens.
+    pub web: WebSessions,
     /// Lifetime of a session token, in milliseconds.
     token_ttl_ms: u64,
     /// A hash to verify against when the email is unknown (constant-time sign-in).
@@ -72,6 +75,7 @@ impl Accounts {
             by_email: DashMap::new(),
             users: DashMap::new(),
             tokens: DashMap::new(),
+            web: WebSessions::default(),
             token_ttl_ms: token_ttl_hours.saturating_mul(3_600_000),
             decoy_hash: std::sync::OnceLock::new(),
         }
@@ -131,6 +135,18 @@ impl Accounts {
         password: &str,
         journal: &Journal,
     ) -> Result<IssuedToken, ApiError> {
+        let user = self.verify_credentials(email, password).await?;
+        let (issued, commit) = self.issue_token(user, journal);
+        commit.wait().await?;
+        Ok(issued)
+    }
+
+    /// The account an email and password belong to (for a bearer token or a browser session).
+    pub async fn verify_credentials(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<UserId, ApiError> {
         let user = normalise_email(email)
             .ok()
             .and_then(|email| self.by_email.get(&email).map(|id| *id))
@@ -148,13 +164,21 @@ impl Accounts {
             .await
             .map_err(|e| ApiError::Internal(format!("hashing task failed: {e}")))?;
         match user {
-            Some(user) if matches => {
-                let (issued, commit) = self.issue_token(user.id, journal);
-                commit.wait().await?;
-                Ok(issued)
-            }
+            Some(user) if matches => Ok(user.id),
             _ => Err(ApiError::BadCredentials),
         }
+    }
+
+    /// Whether `password` is the password of `user` (the step-up check before an erase).
+    /// Hashing runs on the blocking pool, like sign-in.
+    pub async fn check_password(&self, user: UserId, password: &str) -> Result<bool, ApiError> {
+        let Some(stored) = self.users.get(&user).map(|u| u.password_hash.clone()) else {
+            return Ok(false);
+        };
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || verify_password(&password, &stored))
+            .await
+            .map_err(|e| ApiError::Internal(format!("hashing task failed: {e}")))
     }
 
     /// Issues a token for a user; the commit completes when it is durable.

@@ -21,6 +21,7 @@ pub struct Config {
     pub hawk: HawkConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    pub web: WebConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -124,6 +125,20 @@ pub struct LogConfig {
     pub level: String,
 }
 
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// A browser session ends after this many minutes without a request.
+    pub session_idle_minutes: u64,
+    /// A browser session ends this many hours after sign-in, however busy.
+    pub session_max_hours: u64,
+    /// Map tiles: a URL with `{z}`, `{x}` and `{y}`; empty for no tiles (the page then draws a
+    /// plain grid). Its origin is allowed in the page's Content-Security-Policy.
+    pub tile_url: String,
+    /// The attribution the tile provider requires, shown under the map.
+    pub tile_attribution: String,
+}
+
 /// A configuration that cannot be used, with the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -216,6 +231,37 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".to_owned(),
         }
+    }
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            session_idle_minutes: 30,
+            session_max_hours: 12,
+            tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".to_owned(),
+            tile_attribution: "© OpenStreetMap contributors".to_owned(),
+        }
+    }
+}
+
+impl WebConfig {
+    /// `scheme://host[:port]` of `tile_url`, for the Content-Security-Policy; `None` when
+    /// tiles are off.
+    pub fn tile_origin(&self) -> Option<String> {
+        if self.tile_url.is_empty() {
+            return None;
+        }
+        let (scheme, rest) = self.tile_url.split_once("://")?;
+        let authority = rest.split('/').next()?;
+        let plain = |c: char| c.is_ascii_alphanumeric() || ".-:[]".contains(c);
+        if !matches!(scheme, "http" | "https")
+            || authority.is_empty()
+            || !authority.chars().all(plain)
+        {
+            return None;
+        }
+        Some(format!("{scheme}://{authority}"))
     }
 }
 
@@ -353,6 +399,30 @@ impl Config {
                 "must be at least 32 characters",
             )?;
         }
+        check(
+            (1..=7 * 24 * 60).contains(&self.web.session_idle_minutes),
+            "web.session_idle_minutes",
+            "must be from 1 to 10080",
+        )?;
+        check(
+            (1..=24 * 30).contains(&self.web.session_max_hours),
+            "web.session_max_hours",
+            "must be from 1 to 720",
+        )?;
+        check(
+            self.web.tile_url.is_empty()
+                || (self.web.tile_origin().is_some()
+                    && ["{z}", "{x}", "{y}"]
+                        .iter()
+                        .all(|p| self.web.tile_url.contains(p))),
+            "web.tile_url",
+            "must be empty or an http(s) URL with {z}, {x} and {y}, such as https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+        )?;
+        check(
+            self.web.tile_attribution.chars().count() <= 200,
+            "web.tile_attribution",
+            "must be at most 200 characters",
+        )?;
         check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
             "log.level",

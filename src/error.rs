@@ -65,6 +65,16 @@ pub enum ApiError {
     StorageUnavailable,
     #[error("internal error")]
     Internal(String),
+    #[error(
+        "missing or wrong X-CSRF-Token: a request signed in by cookie that changes anything must echo the token from GET /1/web/session"
+    )]
+    CsrfRejected,
+    #[error("the password is wrong: nothing was erased")]
+    StepUpFailed,
+    #[error(
+        "an erase from a browser session needs the owner's password again: use POST /1/devices/{{id}}/erase"
+    )]
+    StepUpRequired,
 }
 
 // === ApiError ===
@@ -93,6 +103,7 @@ impl ApiError {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Overloaded | StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CsrfRejected | StepUpFailed | StepUpRequired => StatusCode::FORBIDDEN,
         }
     }
 
@@ -124,6 +135,9 @@ impl ApiError {
             Overloaded => 150,
             StorageUnavailable => 160,
             Internal(_) => 999,
+            CsrfRejected => 200,
+            StepUpFailed => 201,
+            StepUpRequired => 202,
         }
     }
 

@@ -196,6 +196,7 @@ impl Gateway {
             device.sweep_offline(now, offline_after, limits);
         });
         self.accounts.purge_expired();
+        self.accounts.web.purge_expired(&self.config.web);
     }
 }
 

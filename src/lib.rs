@@ -24,6 +24,8 @@
 //! - [`store`]: durability: the journal (group commit), snapshots, recovery, sealing.
 //! - [`config`]: settings and their validation.
 //! - [`admin`]: the operator's admin socket (`wheresmyfox user add`).
+//! - [`websession`]: browser sessions (cookie digests, idle and absolute expiry, CSRF tokens);
+//!   the page itself and its routes are in `service::web`.
 
 pub mod accounts;
 pub mod admin;
@@ -42,6 +44,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub(crate) mod sync;
+pub mod websession;
 
 pub use config::Config;
 pub use gateway::Gateway;

@@ -29,6 +29,7 @@ use crate::registry::Registered;
 pub mod body;
 pub mod device_auth;
 pub mod respond;
+pub mod web;
 
 use device_auth::{Signer, Verified};
 
@@ -67,6 +68,8 @@ pub enum Route {
     Events(String),
     Heartbeat,
     LbHeartbeat,
+    /// The owner's web page and its browser sessions (see [`web`]).
+    Web(web::WebRoute),
 }
 
 // === Routing ===
@@ -147,7 +150,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                 wrong("GET")
             }
         }
-        _ => Err(ApiError::NotFound),
+        other => web::route(method, other),
     }
 }
 
@@ -171,11 +174,17 @@ where
             Box::pin(async move { Ok(exchange.await) })
         }
         Ok(route) => Box::pin(async move {
-            Ok(dispatch(route, request, &gateway, peer)
+            let mut response = dispatch(route, request, &gateway, peer)
                 .await
-                .unwrap_or_else(|error| error_response(&error)))
+                .unwrap_or_else(|error| error_response(&error));
+            web::secure(&mut response, &gateway.config);
+            Ok(response)
         }),
-        Err(error) => Box::pin(std::future::ready(Ok(error_response(&error)))),
+        Err(error) => {
+            let mut response = error_response(&error);
+            web::secure(&mut response, &gateway.config);
+            Box::pin(std::future::ready(Ok(response)))
+        }
     }
 }
 
@@ -193,6 +202,7 @@ where
         Route::DeviceExchange(id) => Ok(exchange_device(request, gateway.clone(), id).await),
         Route::Heartbeat => Ok(heartbeat(gateway)),
         Route::LbHeartbeat => Ok(json_response(StatusCode::OK, &json!({}))),
+        Route::Web(route) => web::dispatch(route, request, gateway, peer).await,
         Route::CreateAccount => {
             let body = read_json(request, gateway).await?;
             create_account(gateway, body).await
@@ -212,12 +222,12 @@ where
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
         Route::Register => {
-            let user = owner(request.headers(), gateway)?;
+            let user = owner(&request, gateway)?;
             let body = read_json(request, gateway).await?;
             register(gateway, user, body).await
         }
         Route::ListDevices => {
-            let user = owner(request.headers(), gateway)?;
+            let user = owner(&request, gateway)?;
             let devices: Vec<Value> = gateway
                 .registry
                 .list(user)
@@ -230,7 +240,7 @@ where
             ))
         }
         Route::GetDevice(id) => {
-            let user = owner(request.headers(), gateway)?;
+            let user = owner(&request, gateway)?;
             let device = gateway.registry.owned(user, &id)?;
             Ok(json_response(
                 StatusCode::OK,
@@ -238,7 +248,7 @@ where
             ))
         }
         Route::RenameDevice(id) => {
-            let user = owner(request.headers(), gateway)?;
+            let user = owner(&request, gateway)?;
             let device = gateway.registry.owned(user, &id)?;
             let mut body = read_json(request, gateway).await?;
             only_fields(&body, &["name"])?;
@@ -250,7 +260,7 @@ where
             Ok(json_response(StatusCode::OK, &device.summary()))
         }
         Route::ForgetDevice(id) => {
-            let user = owner(request.headers(), gateway)?;
+            let user = owner(&request, gateway)?;
             let device = gateway.registry.owned(user, &id)?;
             gateway
                 .registry
@@ -260,10 +270,11 @@ where
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
         Route::QueueCommand(id) => {
-            let user = owner(request.headers(), gateway)?;
-            let device = gateway.registry.owned(user, &id)?;
+            let caller = web::authenticate(request.method(), request.headers(), gateway)?;
+            let device = gateway.registry.owned(caller.user, &id)?;
             let body = read_body(request, gateway).await?;
             let commands = CommandSet::from_slice(&body)?;
+            web::check_erase_allowed(caller, &commands)?;
             let wire = commands.to_json();
             let (queued, commit) =
                 device.queue(commands, &gateway.config.devices, gateway.storage());
@@ -276,7 +287,7 @@ where
             ))
         }
         Route::Events(id) => {
-            let user = owner(request.headers(), gateway)?;
+            let user = owner(&request, gateway)?;
             let device = gateway.registry.owned(user, &id)?;
             let query = request.uri().query().unwrap_or("").to_owned();
             drop(request);
@@ -352,8 +363,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(token)
 }
 
-fn owner(headers: &HeaderMap, gateway: &Gateway) -> Result<UserId, ApiError> {
-    gateway.accounts.authenticate(bearer(headers)?)
+/// The owner calling: by bearer token, or by the browser's session cookie (see [`web`]).
+fn owner<B>(request: &Request<B>, gateway: &Gateway) -> Result<UserId, ApiError> {
+    web::authenticate(request.method(), request.headers(), gateway).map(|caller| caller.user)
 }
 
 // === Registration ===

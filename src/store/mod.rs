@@ -466,6 +466,17 @@ fn restore(
             data.prune(crate::clock::now_ms(), &config.devices);
             registry.restore(id, *data, sealer.open(&secret)?);
         }
+        SnapshotEntry::WebSession {
+            digest,
+            user,
+            created_ms,
+            last_used_ms,
+        } => accounts.web.restore(&crate::websession::SessionImage {
+            digest,
+            user,
+            created_ms,
+            last_used_ms,
+        }),
         SnapshotEntry::End { .. } => {}
     }
     Ok(())
@@ -493,6 +504,18 @@ fn replay(
             expires_ms,
         } => accounts.restore_token(digest, *user, *expires_ms),
         Record::TokenRevoked { digest } => accounts.forget_token(digest),
+        Record::WebSessionOpened {
+            digest,
+            user,
+            created_ms,
+        } => accounts.web.restore(&crate::websession::SessionImage {
+            digest: digest.clone(),
+            user: *user,
+            created_ms: *created_ms,
+            last_used_ms: *created_ms,
+        }),
+        Record::WebSessionUsed { digest, at_ms } => accounts.web.restore_use(digest, *at_ms),
+        Record::WebSessionClosed { digest } => accounts.web.forget(digest),
         Record::Device { id, v, change } => match change {
             DeviceChange::Registered {
                 owner,
@@ -625,6 +648,18 @@ pub fn write_snapshot(
                 digest,
                 user,
                 expires_ms,
+            },
+        )?;
+        entries += 1;
+    }
+    for session in accounts.web.export() {
+        put(
+            &mut out,
+            &SnapshotEntry::WebSession {
+                digest: session.digest,
+                user: session.user,
+                created_ms: session.created_ms,
+                last_used_ms: session.last_used_ms,
             },
         )?;
         entries += 1;

@@ -32,6 +32,20 @@ pub enum Record {
     TokenRevoked {
         digest: String,
     },
+    /// A browser session opened; `digest`: hex SHA-256 of the cookie value.
+    WebSessionOpened {
+        digest: String,
+        user: UserId,
+        created_ms: u64,
+    },
+    /// A browser session was used (at most one record a minute per session).
+    WebSessionUsed {
+        digest: String,
+        at_ms: u64,
+    },
+    WebSessionClosed {
+        digest: String,
+    },
     Device {
         id: DeviceId,
         /// The device's version after this change.
@@ -108,6 +122,12 @@ pub enum SnapshotEntry {
         secret: StoredSecret,
         #[serde(flatten)]
         data: Box<DeviceData>,
+    },
+    WebSession {
+        digest: String,
+        user: UserId,
+        created_ms: u64,
+        last_used_ms: u64,
     },
     /// The last entry: how many came before it. A snapshot without it is incomplete.
     End { entries: u64 },
