@@ -285,6 +285,7 @@
     activity.clear();
     $("activity").textContent = "";
     $("device").hidden = false;
+    $("activity-card").hidden = false;
     renderDevices();
     loadDetail();
     pollEvents(generation, id);
