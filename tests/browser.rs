@@ -38,7 +38,7 @@ impl Driver {
     async fn start() -> Option<Driver> {
         let browser = ["chromium", "chromium-browser", "google-chrome"]
             .into_iter()
-            .find_map(|name| which(name))?;
+            .find_map(which)?;
         let driver = which("chromedriver")?;
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe");
