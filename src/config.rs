@@ -22,6 +22,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub web: WebConfig,
+    pub oidc: OidcConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -137,6 +138,36 @@ pub struct WebConfig {
     pub tile_url: String,
     /// The attribution the tile provider requires, shown under the map.
     pub tile_attribution: String,
+}
+
+/// An OpenID Connect provider (Firefox Accounts, for one); off while `issuer` is empty.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer, exactly as in its tokens' `iss`.
+    pub issuer: String,
+    /// What tokens must name in `aud` (usually our client id).
+    pub audience: String,
+    /// The provider's JWKS, from a file...
+    pub jwks_file: String,
+    /// ...or a URL (http or https).
+    pub jwks_url: String,
+    /// Shortest time between two fetches of the JWKS, in seconds.
+    pub jwks_refetch_secs: u64,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// The name on the page's "Sign in with …" button.
+    pub provider_name: String,
+    /// For the page's sign-in (authorization code flow with PKCE); empty: no button.
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub client_id: String,
+    /// Only for providers that require one of a web server client.
+    pub client_secret: String,
+    pub scope: String,
+    /// Where the provider sends the browser back; empty: `server.public_url` (or the `Host`
+    /// of the request) followed by `/1/oidc/callback`.
+    pub redirect_url: String,
 }
 
 /// A configuration that cannot be used, with the key at fault.
@@ -262,6 +293,26 @@ impl WebConfig {
             return None;
         }
         Some(format!("{scheme}://{authority}"))
+    }
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        OidcConfig {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_file: String::new(),
+            jwks_url: String::new(),
+            jwks_refetch_secs: 60,
+            leeway_secs: 60,
+            provider_name: "your account provider".to_owned(),
+            authorization_endpoint: String::new(),
+            token_endpoint: String::new(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            scope: "openid email".to_owned(),
+            redirect_url: String::new(),
+        }
     }
 }
 
@@ -423,6 +474,40 @@ impl Config {
             "web.tile_attribution",
             "must be at most 200 characters",
         )?;
+        if !self.oidc.issuer.is_empty() {
+            let oidc = &self.oidc;
+            check(
+                !oidc.audience.is_empty(),
+                "oidc.audience",
+                "is required when oidc.issuer is set",
+            )?;
+            check(
+                oidc.jwks_file.is_empty() != oidc.jwks_url.is_empty(),
+                "oidc.jwks_url",
+                "set exactly one of oidc.jwks_file and oidc.jwks_url",
+            )?;
+            let url_ok = |url: &str| {
+                url.is_empty() || url.starts_with("https://") || url.starts_with("http://")
+            };
+            for (key, url) in [
+                ("oidc.jwks_url", &oidc.jwks_url),
+                ("oidc.authorization_endpoint", &oidc.authorization_endpoint),
+                ("oidc.token_endpoint", &oidc.token_endpoint),
+                ("oidc.redirect_url", &oidc.redirect_url),
+            ] {
+                check(url_ok(url), key, "must be an http(s) URL")?;
+            }
+            check(
+                (1..=86_400).contains(&oidc.jwks_refetch_secs),
+                "oidc.jwks_refetch_secs",
+                "must be from 1 to 86400",
+            )?;
+            check(
+                oidc.leeway_secs <= 600,
+                "oidc.leeway_secs",
+                "must be at most 600",
+            )?;
+        }
         check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
             "log.level",

@@ -75,6 +75,12 @@ pub enum ApiError {
         "an erase from a browser session needs the owner's password again: use POST /1/devices/{{id}}/erase"
     )]
     StepUpRequired,
+    #[error("the identity token is not valid: {0}")]
+    OidcToken(String),
+    #[error("the identity provider cannot be reached: try again shortly")]
+    OidcUnavailable,
+    #[error("signing in with the identity provider failed: {0}")]
+    OidcLogin(String),
 }
 
 // === ApiError ===
@@ -104,6 +110,9 @@ impl ApiError {
             Overloaded | StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             CsrfRejected | StepUpFailed | StepUpRequired => StatusCode::FORBIDDEN,
+            OidcToken(_) => StatusCode::UNAUTHORIZED,
+            OidcUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            OidcLogin(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -138,6 +147,9 @@ impl ApiError {
             CsrfRejected => 200,
             StepUpFailed => 201,
             StepUpRequired => 202,
+            OidcToken(_) => 203,
+            OidcUnavailable => 204,
+            OidcLogin(_) => 205,
         }
     }
 

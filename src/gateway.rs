@@ -28,6 +28,8 @@ pub struct Gateway {
     pub sealer: Arc<Sealer>,
     /// The locked data directory.
     pub data: Arc<DataDir>,
+    /// The OpenID Connect provider owners may sign in with, if one is configured.
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
     /// Live counters, shown by `/__heartbeat__`.
     pub stats: Stats,
     /// `true` once shutdown has begun; parked polls watch it and answer `{}` at once.
@@ -76,6 +78,7 @@ impl Gateway {
             devices = registry.len(),
             "state recovered"
         );
+        let oidc = crate::oidc::Oidc::new(&config.oidc);
         Ok(Arc::new(Gateway {
             config,
             accounts,
@@ -83,6 +86,7 @@ impl Gateway {
             journal,
             sealer,
             data,
+            oidc,
             stats: Stats::default(),
             shutdown: watch::channel(false).0,
             snapshotting: tokio::sync::Mutex::new(()),

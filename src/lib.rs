@@ -26,6 +26,7 @@
 //! - [`admin`]: the operator's admin socket (`wheresmyfox user add`).
 //! - [`websession`]: browser sessions (cookie digests, idle and absolute expiry, CSRF tokens);
 //!   the page itself and its routes are in `service::web`.
+//! - [`oidc`]: an OpenID Connect provider's tokens (JWKS, RS256/ES256) and its sign-in flow.
 
 pub mod accounts;
 pub mod admin;
@@ -38,6 +39,7 @@ pub mod gateway;
 pub mod hawk_auth;
 pub mod ids;
 pub mod mailbox;
+pub mod oidc;
 pub mod protocol;
 pub mod registry;
 pub mod server;

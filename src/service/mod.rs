@@ -222,12 +222,12 @@ where
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
         Route::Register => {
-            let user = owner(&request, gateway)?;
+            let user = owner(&request, gateway).await?;
             let body = read_json(request, gateway).await?;
             register(gateway, user, body).await
         }
         Route::ListDevices => {
-            let user = owner(&request, gateway)?;
+            let user = owner(&request, gateway).await?;
             let devices: Vec<Value> = gateway
                 .registry
                 .list(user)
@@ -240,7 +240,7 @@ where
             ))
         }
         Route::GetDevice(id) => {
-            let user = owner(&request, gateway)?;
+            let user = owner(&request, gateway).await?;
             let device = gateway.registry.owned(user, &id)?;
             Ok(json_response(
                 StatusCode::OK,
@@ -248,7 +248,7 @@ where
             ))
         }
         Route::RenameDevice(id) => {
-            let user = owner(&request, gateway)?;
+            let user = owner(&request, gateway).await?;
             let device = gateway.registry.owned(user, &id)?;
             let mut body = read_json(request, gateway).await?;
             only_fields(&body, &["name"])?;
@@ -260,7 +260,7 @@ where
             Ok(json_response(StatusCode::OK, &device.summary()))
         }
         Route::ForgetDevice(id) => {
-            let user = owner(&request, gateway)?;
+            let user = owner(&request, gateway).await?;
             let device = gateway.registry.owned(user, &id)?;
             gateway
                 .registry
@@ -270,7 +270,7 @@ where
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
         Route::QueueCommand(id) => {
-            let caller = web::authenticate(request.method(), request.headers(), gateway)?;
+            let caller = web::authenticate(request.method(), request.headers(), gateway).await?;
             let device = gateway.registry.owned(caller.user, &id)?;
             let body = read_body(request, gateway).await?;
             let commands = CommandSet::from_slice(&body)?;
@@ -287,7 +287,7 @@ where
             ))
         }
         Route::Events(id) => {
-            let user = owner(&request, gateway)?;
+            let user = owner(&request, gateway).await?;
             let device = gateway.registry.owned(user, &id)?;
             let query = request.uri().query().unwrap_or("").to_owned();
             drop(request);
@@ -364,8 +364,14 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 /// The owner calling: by bearer token, or by the browser's session cookie (see [`web`]).
-fn owner<B>(request: &Request<B>, gateway: &Gateway) -> Result<UserId, ApiError> {
-    web::authenticate(request.method(), request.headers(), gateway).map(|caller| caller.user)
+/// The returned future borrows only the gateway, so a handler can await it and still own
+/// its request.
+fn owner<'g, B>(
+    request: &Request<B>,
+    gateway: &'g Gateway,
+) -> impl Future<Output = Result<UserId, ApiError>> + Send + 'g {
+    let caller = web::authenticate(request.method(), request.headers(), gateway);
+    async move { Ok(caller.await?.user) }
 }
 
 // === Registration ===

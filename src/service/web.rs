@@ -110,19 +110,72 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<Route, ApiError> {
 
 // === Authentication ===
 
-/// The caller of an owner endpoint: by bearer token when `Authorization` is present, else by
-/// the session cookie, with the CSRF token required for anything but GET and HEAD.
-pub fn authenticate(
+/// The caller of an owner endpoint: by bearer token when `Authorization` is present (one of
+/// ours, or else a JWT of the identity provider), else by the session cookie, with the CSRF
+/// token required for anything but GET and HEAD.
+///
+/// The returned future borrows only the gateway, not the request.
+pub fn authenticate<'g>(
+    method: &Method,
+    headers: &HeaderMap,
+    gateway: &'g Gateway,
+) -> impl std::future::Future<Output = Result<Caller, ApiError>> + Send + 'g {
+    let now = authenticate_locally(method, headers, gateway);
+    async move {
+        match now {
+            Ok(caller) => Ok(caller),
+            Err(Unresolved::Provider(token, oidc)) => {
+                let claims = oidc.verify(&token, None).await?;
+                let user = gateway
+                    .accounts
+                    .user_for_subject(
+                        &oidc.subject_key(&claims.sub),
+                        claims.email.as_deref(),
+                        &gateway.journal,
+                    )
+                    .await?;
+                Ok(Caller {
+                    user,
+                    by_cookie: false,
+                })
+            }
+            Err(Unresolved::Refused(error)) => Err(error),
+        }
+    }
+}
+
+/// Why a caller could not be settled without waiting.
+enum Unresolved {
+    /// A bearer token that is not ours, for the identity provider to vouch for.
+    Provider(String, std::sync::Arc<crate::oidc::Oidc>),
+    Refused(ApiError),
+}
+
+impl From<ApiError> for Unresolved {
+    fn from(error: ApiError) -> Self {
+        Unresolved::Refused(error)
+    }
+}
+
+fn authenticate_locally(
     method: &Method,
     headers: &HeaderMap,
     gateway: &Gateway,
-) -> Result<Caller, ApiError> {
+) -> Result<Caller, Unresolved> {
     if headers.contains_key(header::AUTHORIZATION) {
-        let user = gateway.accounts.authenticate(super::bearer(headers)?)?;
-        return Ok(Caller {
-            user,
-            by_cookie: false,
-        });
+        let token = super::bearer(headers)?;
+        return match gateway.accounts.authenticate(token) {
+            Ok(user) => Ok(Caller {
+                user,
+                by_cookie: false,
+            }),
+            // Our tokens have no dots; a JWT has two.
+            Err(ApiError::InvalidToken) if token.matches('.').count() == 2 => match &gateway.oidc {
+                Some(oidc) => Err(Unresolved::Provider(token.to_owned(), oidc.clone())),
+                None => Err(ApiError::InvalidToken.into()),
+            },
+            Err(error) => Err(error.into()),
+        };
     }
     let token = session_cookie(headers).ok_or(ApiError::MissingBearer)?;
     let user = gateway
@@ -135,7 +188,7 @@ pub fn authenticate(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !websession::csrf_matches(token, offered) {
-            return Err(ApiError::CsrfRejected);
+            return Err(ApiError::CsrfRejected.into());
         }
     }
     Ok(Caller {
@@ -183,7 +236,7 @@ where
         WebRoute::Asset(asset) => Ok(asset_response(asset)),
         WebRoute::PageConfig => Ok(json_response(StatusCode::OK, &page_config(&gateway.config))),
         WebRoute::SessionInfo => {
-            let caller = authenticate(request.method(), request.headers(), gateway)?;
+            let caller = authenticate(request.method(), request.headers(), gateway).await?;
             let token = session_cookie(request.headers())
                 .filter(|_| caller.by_cookie)
                 .ok_or(ApiError::MissingBearer)?;
@@ -238,7 +291,7 @@ where
             Ok(response)
         }
         WebRoute::CloseSession => {
-            let caller = authenticate(request.method(), request.headers(), gateway)?;
+            let caller = authenticate(request.method(), request.headers(), gateway).await?;
             if let Some(token) = session_cookie(request.headers()).filter(|_| caller.by_cookie) {
                 gateway
                     .accounts
@@ -254,7 +307,7 @@ where
             Ok(response)
         }
         WebRoute::Erase(id) => {
-            let caller = authenticate(request.method(), request.headers(), gateway)?;
+            let caller = authenticate(request.method(), request.headers(), gateway).await?;
             let device = gateway.registry.owned(caller.user, &id)?;
             let mut body = super::read_json(request, gateway).await?;
             only_fields(&body, &["password"])?;

@@ -466,6 +466,12 @@ fn restore(
             data.prune(crate::clock::now_ms(), &config.devices);
             registry.restore(id, *data, sealer.open(&secret)?);
         }
+        SnapshotEntry::Subject {
+            subject,
+            user,
+            email,
+            created_ms,
+        } => accounts.restore_subject(subject, user, email, created_ms),
         SnapshotEntry::WebSession {
             digest,
             user,
@@ -504,6 +510,12 @@ fn replay(
             expires_ms,
         } => accounts.restore_token(digest, *user, *expires_ms),
         Record::TokenRevoked { digest } => accounts.forget_token(digest),
+        Record::SubjectLinked {
+            subject,
+            user,
+            email,
+            created_ms,
+        } => accounts.restore_subject(subject.clone(), *user, email.clone(), *created_ms),
         Record::WebSessionOpened {
             digest,
             user,
@@ -648,6 +660,18 @@ pub fn write_snapshot(
                 digest,
                 user,
                 expires_ms,
+            },
+        )?;
+        entries += 1;
+    }
+    for (subject, user, email, created_ms) in accounts.export_subjects() {
+        put(
+            &mut out,
+            &SnapshotEntry::Subject {
+                subject,
+                user,
+                email,
+                created_ms,
             },
         )?;
         entries += 1;

@@ -32,6 +32,13 @@ pub enum Record {
     TokenRevoked {
         digest: String,
     },
+    /// An account made for an identity provider's subject (issuer and `sub`).
+    SubjectLinked {
+        subject: String,
+        user: UserId,
+        email: String,
+        created_ms: u64,
+    },
     /// A browser session opened; `digest`: hex SHA-256 of the cookie value.
     WebSessionOpened {
         digest: String,
@@ -122,6 +129,12 @@ pub enum SnapshotEntry {
         secret: StoredSecret,
         #[serde(flatten)]
         data: Box<DeviceData>,
+    },
+    Subject {
+        subject: String,
+        user: UserId,
+        email: String,
+        created_ms: u64,
     },
     WebSession {
         digest: String,
