@@ -129,6 +129,10 @@
     $("who").hidden = true;
     $("signin").hidden = false;
     $("sign-up").hidden = !config.signup;
+    if (config.provider) {
+      $("provider-name").textContent = config.provider.name;
+      $("provider-row").hidden = false;
+    }
     if (reason) alertText(reason);
     $("email").focus();
   }

@@ -61,6 +61,10 @@ pub enum WebRoute {
     CloseSession,
     /// `POST /1/devices/{id}/erase`: erase, with the password.
     Erase(String),
+    /// `GET /1/oidc/login`: off to the identity provider.
+    ProviderLogin,
+    /// `GET /1/oidc/callback`: back from it.
+    ProviderCallback,
 }
 
 /// Who is calling an owner endpoint, and how.
@@ -99,6 +103,14 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<Route, ApiError> {
             _ => Err(ApiError::MethodNotAllowed {
                 allow: "GET, POST, DELETE",
             }),
+        },
+        ["1", "oidc", "login"] => match *method {
+            Method::GET => Ok(Route::Web(WebRoute::ProviderLogin)),
+            _ => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        },
+        ["1", "oidc", "callback"] => match *method {
+            Method::GET => Ok(Route::Web(WebRoute::ProviderCallback)),
+            _ => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         },
         ["1", "devices", id, "erase"] if !id.is_empty() => match *method {
             Method::POST => Ok(Route::Web(WebRoute::Erase((*id).to_owned()))),
@@ -199,13 +211,17 @@ fn authenticate_locally(
 
 /// The session cookie's value, if the request carries one.
 fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, SESSION_COOKIE)
+}
+
+fn cookie<'h>(headers: &'h HeaderMap, wanted: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, value)| *name == SESSION_COOKIE && !value.is_empty())
+        .find(|(name, value)| *name == wanted && !value.is_empty())
         .map(|(_, value)| value)
 }
 
@@ -234,7 +250,7 @@ where
 {
     match route {
         WebRoute::Asset(asset) => Ok(asset_response(asset)),
-        WebRoute::PageConfig => Ok(json_response(StatusCode::OK, &page_config(&gateway.config))),
+        WebRoute::PageConfig => Ok(json_response(StatusCode::OK, &page_config(gateway))),
         WebRoute::SessionInfo => {
             let caller = authenticate(request.method(), request.headers(), gateway).await?;
             let token = session_cookie(request.headers())
@@ -306,6 +322,78 @@ where
                 .insert(header::SET_COOKIE, set_cookie(&gateway.config, "", 0));
             Ok(response)
         }
+        WebRoute::ProviderLogin => {
+            let oidc = login_provider(gateway)?;
+            let redirect_uri = redirect_uri(gateway, request.headers());
+            let started = oidc.start_login(&redirect_uri)?;
+            let mut response = empty_response(StatusCode::SEE_OTHER);
+            let headers = response.headers_mut();
+            headers.insert(
+                header::LOCATION,
+                HeaderValue::from_str(&started.redirect)
+                    .map_err(|_| ApiError::Internal("provider URL is not a header".into()))?,
+            );
+            headers.insert(
+                header::SET_COOKIE,
+                state_cookie(
+                    &gateway.config,
+                    &started.state,
+                    crate::oidc::LOGIN_TTL_MS / 1000,
+                ),
+            );
+            Ok(response)
+        }
+        WebRoute::ProviderCallback => {
+            let oidc = login_provider(gateway)?;
+            let query = request.uri().query().unwrap_or("");
+            let param = |name| super::query_param(query, name).and_then(crate::oidc::decode);
+            if let Some(error) = param("error") {
+                return Err(ApiError::OidcLogin(format!(
+                    "the provider said {}",
+                    error
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(100)
+                        .collect::<String>()
+                )));
+            }
+            let state = param("state").unwrap_or_default();
+            let code = param("code").unwrap_or_default();
+            // The state must come back to the browser that started the login: a link with
+            // someone else's code cannot sign this browser into their account.
+            let bound = cookie(request.headers(), STATE_COOKIE).is_some_and(|c| c == state);
+            if state.is_empty() || code.is_empty() || !bound {
+                return Err(ApiError::OidcLogin(
+                    "this sign-in did not start in this browser: start again".into(),
+                ));
+            }
+            let redirect_uri = redirect_uri(gateway, request.headers());
+            let claims = oidc.finish_login(&state, &code, &redirect_uri).await?;
+            let user = gateway
+                .accounts
+                .user_for_subject(
+                    &oidc.subject_key(&claims.sub),
+                    claims.email.as_deref(),
+                    &gateway.journal,
+                )
+                .await?;
+            let (opened, commit) = gateway.accounts.web.open(user, &gateway.journal);
+            commit.wait().await?;
+            info!(user = %user, "signed in through the identity provider");
+            let mut response = empty_response(StatusCode::SEE_OTHER);
+            let headers = response.headers_mut();
+            headers.insert(header::LOCATION, HeaderValue::from_static("/"));
+            headers.append(
+                header::SET_COOKIE,
+                set_cookie(
+                    &gateway.config,
+                    &opened.token,
+                    max_age_secs(&gateway.config),
+                ),
+            );
+            headers.append(header::SET_COOKIE, state_cookie(&gateway.config, "", 0));
+            Ok(response)
+        }
         WebRoute::Erase(id) => {
             let caller = authenticate(request.method(), request.headers(), gateway).await?;
             let device = gateway.registry.owned(caller.user, &id)?;
@@ -335,6 +423,45 @@ where
             ))
         }
     }
+}
+
+/// The cookie that binds a provider login to the browser that started it.
+const STATE_COOKIE: &str = "wmf_oidc_state";
+
+fn login_provider(gateway: &Gateway) -> Result<std::sync::Arc<crate::oidc::Oidc>, ApiError> {
+    gateway
+        .oidc
+        .clone()
+        .filter(|oidc| oidc.offers_login())
+        .ok_or(ApiError::NotFound)
+}
+
+/// Where the provider sends the browser back (it must be registered with the provider).
+fn redirect_uri(gateway: &Gateway, headers: &HeaderMap) -> String {
+    let config = &gateway.config;
+    if !config.oidc.redirect_url.is_empty() {
+        return config.oidc.redirect_url.clone();
+    }
+    let base = match &config.server.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("localhost");
+            format!("http://{host}")
+        }
+    };
+    format!("{base}/1/oidc/callback")
+}
+
+/// Lax, unlike the session: the provider's redirect back is a navigation from its site.
+fn state_cookie(config: &Config, value: &str, max_age: u64) -> HeaderValue {
+    let secure = if public_https(config) { "; Secure" } else { "" };
+    let cookie = format!(
+        "{STATE_COOKIE}={value}; Path=/1/oidc; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    );
+    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// A browser sign-in must be `application/json`, which an HTML form on another site cannot
@@ -373,7 +500,8 @@ fn public_https(config: &Config) -> bool {
 }
 
 /// What the page needs to know of the server; nothing secret.
-fn page_config(config: &Config) -> Value {
+fn page_config(gateway: &Gateway) -> Value {
+    let config = &gateway.config;
     let tiles = if config.web.tile_url.is_empty() {
         Value::Null
     } else {
@@ -382,6 +510,13 @@ fn page_config(config: &Config) -> Value {
     let mut out = Map::new();
     out.insert("tiles".into(), tiles);
     out.insert("signup".into(), json!(config.accounts.signup));
+    let provider = match &gateway.oidc {
+        Some(oidc) if oidc.offers_login() => {
+            json!({ "name": oidc.config.provider_name, "login": "/1/oidc/login" })
+        }
+        _ => Value::Null,
+    };
+    out.insert("provider".into(), provider);
     out.insert(
         "session_idle_minutes".into(),
         json!(config.web.session_idle_minutes),
