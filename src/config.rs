@@ -165,6 +165,8 @@ pub struct OidcConfig {
     /// Only for providers that require one of a web server client.
     pub client_secret: String,
     pub scope: String,
+    /// Refuse an ID token without the sign-in's nonce (a wrong nonce is always refused).
+    pub require_nonce: bool,
     /// Where the provider sends the browser back; empty: `server.public_url` (or the `Host`
     /// of the request) followed by `/1/oidc/callback`.
     pub redirect_url: String,
@@ -311,6 +313,7 @@ impl Default for OidcConfig {
             client_id: String::new(),
             client_secret: String::new(),
             scope: "openid email".to_owned(),
+            require_nonce: true,
             redirect_url: String::new(),
         }
     }
