@@ -3,7 +3,8 @@
 //! An owner signs up on the page; a device (the device client of `src/client.rs`) registers
 //! and reports positions; the page shows them in its list and on the map, "Ring" reaches the
 //! device and the page shows its acknowledgement, and erase asks for the password (a wrong
-//! one queues nothing).
+//! one queues nothing). Then sign-out and sign-in with the keyboard alone (visible focus), and
+//! the layout on a phone-sized screen.
 //!
 //! Needs `chromium` and `chromium-driver`; skipped loudly when they are missing, unless
 //! `WHERESMYFOX_REQUIRE_BROWSER=1`. With `WHERESMYFOX_SCREENSHOT=path`, saves a screenshot of
@@ -161,6 +162,19 @@ impl Driver {
             .await
             .to_string();
         panic!("timed out waiting for {what}; the page says: {page}");
+    }
+
+    /// Presses one key (a WebDriver key code such as TAB or ENTER) on the focused element.
+    async fn press(&mut self, key: &str) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]});
+        self.session(Method::POST, "/actions", Some(&actions)).await;
+    }
+
+    async fn resize(&mut self, width: u32, height: u32) {
+        let rect = json!({"width": width, "height": height});
+        self.session(Method::POST, "/window/rect", Some(&rect))
+            .await;
     }
 
     async fn screenshot(&mut self) -> Vec<u8> {
@@ -403,7 +417,55 @@ async fn an_owner_finds_rings_and_is_asked_before_erasing() {
         )
         .await;
     device.abort();
+
+    // The keyboard alone: sign out, then sign in with Tab and Enter; focus is visible.
+    browser
+        .script("document.getElementById('sign-out').focus()")
+        .await;
+    browser.press(ENTER).await;
+    browser
+        .until(
+            "the sign-in form again",
+            "return !document.getElementById('signin').hidden && document.activeElement.id === 'email'",
+        )
+        .await;
+    browser.type_into("#email", "ada@example.com").await;
+    browser.press(TAB).await;
+    let focus = browser
+        .script("const e = document.activeElement; return [e.id, getComputedStyle(e).outlineStyle]")
+        .await;
+    assert_eq!(
+        focus,
+        json!(["password", "solid"]),
+        "Tab moves a visible focus"
+    );
+    browser
+        .type_into("#password", &format!("{PASSWORD}{ENTER}"))
+        .await;
+    browser
+        .until(
+            "the signed-in view after Enter",
+            "return !document.getElementById('app').hidden && document.querySelectorAll('#positions li').length > 0",
+        )
+        .await;
+
+    // A phone-sized screen: one column, nothing wider than the screen.
+    browser.resize(390, 844).await;
+    browser
+        .until(
+            "the narrow layout",
+            "return window.innerWidth < 500 && document.documentElement.scrollWidth <= window.innerWidth",
+        )
+        .await;
+    let map_fits = browser
+        .script("return document.getElementById('map').getBoundingClientRect().right <= window.innerWidth")
+        .await;
+    assert_eq!(map_fits, json!(true));
 }
+
+/// WebDriver key codes.
+const ENTER: &str = "\u{E007}";
+const TAB: &str = "\u{E004}";
 
 async fn devices_id(owner: &mut OwnerClient) -> String {
     let (_, list) = owner
