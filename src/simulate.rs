@@ -77,6 +77,12 @@ pub async fn run(sim: Simulation) -> anyhow::Result<()> {
         };
         let commands = match commands {
             Ok(commands) => commands,
+            Err(wheresmyfox::client::ClientError::Status { status, .. })
+                if status == http::StatusCode::UNAUTHORIZED =>
+            {
+                println!("the server no longer knows this device (its owner forgot it); exiting");
+                return Ok(());
+            }
             Err(error) => {
                 eprintln!("exchange failed: {error}; retrying in 2 s");
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;

@@ -669,3 +669,105 @@ async fn erasing_from_the_browser_needs_the_password_again() {
         .unwrap();
     assert_error(status, &body, 403, 201, "password is wrong");
 }
+
+/// Kills the simulated phone when the test ends, however it ends.
+struct Simulated(std::process::Child);
+
+impl Drop for Simulated {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn simulate_device_registers_walks_and_answers_commands() {
+    use std::io::{BufRead, BufReader};
+    let server = TestServer::start().await;
+    let mut owner = server.owner("ada").await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wheresmyfox"))
+        .args(["simulate-device", "--server", &server.addr.to_string()])
+        .args(["--email", "ada@example.com", "--password", PASSWORD])
+        .args(["--every", "1", "--name", "Pretend phone"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start simulate-device");
+    let stdout = child.stdout.take().unwrap();
+    let _child = Simulated(child);
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+        .await
+        .expect("it prints")
+        .expect("a line");
+    assert!(
+        first.starts_with("registered \"Pretend phone\" as device "),
+        "{first}"
+    );
+    let id = first.rsplit(' ').next().unwrap().to_owned();
+    // It walks: positions arrive and differ.
+    let mut detail = Value::Null;
+    for _ in 0..100 {
+        let (_, body) = owner
+            .call(Method::GET, &format!("/1/devices/{id}"), None)
+            .await
+            .unwrap();
+        detail = body;
+        if detail["previous_positions"]
+            .as_array()
+            .is_some_and(|p| p.len() >= 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = &detail["last_position"];
+    let before = &detail["previous_positions"][0];
+    assert!(
+        last["lat"].is_number() && last["lat"] != before["lat"],
+        "{detail}"
+    );
+    // It prints the commands it receives and acknowledges them.
+    owner
+        .command(&id, &json!({"r": {"p": 10, "d": 60}, "l": {"c": "0451"}}))
+        .await
+        .unwrap();
+    let mut printed = Vec::new();
+    while !printed
+        .iter()
+        .any(|l: &String| l.contains("lock: locked with code \"0451\""))
+    {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+            .await
+            .expect("it prints the commands")
+            .expect("a line");
+        printed.push(line);
+    }
+    assert!(
+        printed.iter().any(|l| l.starts_with("received ")),
+        "{printed:?}"
+    );
+    for _ in 0..100 {
+        let (_, body) = owner
+            .call(Method::GET, &format!("/1/devices/{id}"), None)
+            .await
+            .unwrap();
+        if body["outcomes"].as_array().is_some_and(|o| o.len() == 2) {
+            assert!(
+                body["outcomes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|o| o["ok"] == true)
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the simulated phone did not acknowledge the commands");
+}
