@@ -626,6 +626,7 @@
     } catch (_) {
       // Defaults: sign-up shown, no tiles. The server will refuse what it does not allow.
     }
+    say("");
     try {
       showApp(await api("GET", "/1/web/session"));
     } catch (error) {
