@@ -249,6 +249,13 @@ impl Accounts {
             .collect()
     }
 
+    /// Whether `user` has a password (accounts of identity-provider users have none).
+    pub fn has_password(&self, user: &UserId) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|u| !u.password_hash.is_empty())
+    }
+
     /// Whether `password` is the password of `user` (the step-up check before an erase).
     /// Hashing runs on the blocking pool, like sign-in.
     pub async fn check_password(&self, user: UserId, password: &str) -> Result<bool, ApiError> {

@@ -34,6 +34,7 @@ use tracing::{info, warn};
 use crate::clock::now_ms;
 use crate::config::OidcConfig;
 use crate::error::ApiError;
+use crate::ids::UserId;
 
 /// Largest JWKS or token answer read from the provider.
 const MAX_PROVIDER_ANSWER: usize = 256 * 1024;
@@ -74,6 +75,8 @@ pub struct Claims {
     pub sub: String,
     pub email: Option<String>,
     pub nonce: Option<String>,
+    /// When the user last signed in at the provider (Unix seconds), if it says.
+    pub auth_time: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,7 +84,21 @@ struct PendingLogin {
     verifier: String,
     nonce: String,
     created_ms: u64,
+    purpose: LoginPurpose,
 }
+
+/// Why the browser is sent to the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginPurpose {
+    /// To sign in to the page.
+    SignIn,
+    /// To prove, by signing in again at the provider right now, that the owner of this
+    /// session wants this device erased (the step-up of accounts without a password).
+    Erase { user: UserId, device: String },
+}
+
+/// How long before the ID token's `auth_time` an erase step-up may have signed in.
+pub const STEP_UP_MAX_AGE_SECS: u64 = 300;
 
 /// A login just started: where to send the browser, and the state to bind to it.
 #[derive(Debug, Clone)]
@@ -205,6 +222,7 @@ impl Oidc {
             sub: sub.to_owned(),
             email: claims["email"].as_str().map(str::to_owned),
             nonce: claimed_nonce,
+            auth_time: claims["auth_time"].as_u64(),
         })
     }
 
@@ -260,7 +278,11 @@ impl Oidc {
     // --- The authorization code flow ---
 
     /// Starts a login: the provider URL to send the browser to, with PKCE, state and nonce.
-    pub fn start_login(&self, redirect_uri: &str) -> Result<StartedLogin, ApiError> {
+    pub fn start_login(
+        &self,
+        redirect_uri: &str,
+        purpose: LoginPurpose,
+    ) -> Result<StartedLogin, ApiError> {
         let now = now_ms();
         if self.pending.len() >= MAX_PENDING_LOGINS {
             self.pending
@@ -279,8 +301,13 @@ impl Oidc {
         } else {
             '?'
         };
+        // An erase asks the provider to authenticate the user again, whatever session it has.
+        let fresh = match purpose {
+            LoginPurpose::SignIn => "",
+            LoginPurpose::Erase { .. } => "&prompt=login&max_age=0",
+        };
         let redirect = format!(
-            "{}{separator}response_type=code&client_id={}&redirect_uri={}&scope={}&state={state}&nonce={nonce}&code_challenge={challenge}&code_challenge_method=S256",
+            "{}{separator}response_type=code&client_id={}&redirect_uri={}&scope={}&state={state}&nonce={nonce}&code_challenge={challenge}&code_challenge_method=S256{fresh}",
             config.authorization_endpoint,
             encode(&config.client_id),
             encode(redirect_uri),
@@ -292,6 +319,7 @@ impl Oidc {
                 verifier,
                 nonce,
                 created_ms: now,
+                purpose,
             },
         );
         Ok(StartedLogin { redirect, state })
@@ -303,7 +331,7 @@ impl Oidc {
         state: &str,
         code: &str,
         redirect_uri: &str,
-    ) -> Result<Claims, ApiError> {
+    ) -> Result<(Claims, LoginPurpose), ApiError> {
         let failed = |reason: &str| ApiError::OidcLogin(reason.to_owned());
         let (_, pending) = self
             .pending
@@ -338,7 +366,8 @@ impl Oidc {
         let id_token = answer["id_token"]
             .as_str()
             .ok_or_else(|| failed("the provider sent no ID token"))?;
-        self.verify(id_token, Some(&pending.nonce)).await
+        let claims = self.verify(id_token, Some(&pending.nonce)).await?;
+        Ok((claims, pending.purpose))
     }
 }
 

@@ -130,7 +130,7 @@ impl Signer {
 
 fn claims(sub: &str) -> Value {
     let now = wheresmyfox::clock::now_ms() / 1000;
-    json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + 600,
+    json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + 600, "auth_time": now,
            "email": format!("{sub}@accounts.example.test")})
 }
 
@@ -672,4 +672,169 @@ async fn without_a_provider_there_is_no_provider_login() {
         .await
         .unwrap();
     assert_eq!(config["provider"], Value::Null);
+}
+
+/// Signs `sub` in through the page's provider flow; returns the session cookie's value.
+async fn provider_sign_in(
+    server: &TestServer,
+    provider: &Provider,
+    path: &str,
+    cookie: Option<&str>,
+    sub: &str,
+) -> wheresmyfox::client::Reply {
+    let mut http = server.http();
+    let headers: Vec<_> = cookie
+        .map(|c| (header::COOKIE, c.to_owned()))
+        .into_iter()
+        .collect();
+    let reply = http
+        .send(
+            Method::GET,
+            path,
+            &headers,
+            Bytes::new(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let location = reply.headers[header::LOCATION].to_str().unwrap().to_owned();
+    let params = query_of(&location);
+    let code = format!("code-{sub}-{}", params["state"]);
+    provider.codes.lock().unwrap().insert(
+        code.clone(),
+        (
+            params["code_challenge"].clone(),
+            params["nonce"].clone(),
+            sub.to_owned(),
+        ),
+    );
+    let state = &params["state"];
+    http.send(
+        Method::GET,
+        &format!("/1/oidc/callback?code={code}&state={state}"),
+        &[(header::COOKIE, format!("wmf_oidc_state={state}"))],
+        Bytes::new(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_owner_without_a_password_erases_by_signing_in_again_at_the_provider() {
+    let id_key = Arc::new(Signer::ec("ec-1"));
+    let provider = Provider::start(&[&id_key], id_key.clone()).await;
+    let server = start_server(&provider, None).await;
+    // Carol signs in on the page through the provider; her phone registers with a token.
+    let reply = provider_sign_in(&server, &provider, "/1/oidc/login", None, "carol").await;
+    let session = cookie_value(&set_cookies(&reply), "wmf_session").expect("session");
+    let session_cookie = format!("wmf_session={session}");
+    let mut phone_owner = bearer(&server, &id_key.sign(&claims("carol")));
+    let phone = phone_owner.register_device("Carol's phone").await.unwrap();
+    let id = phone.id().to_owned();
+    let mut http = server.http();
+    let me = http
+        .send(
+            Method::GET,
+            "/1/web/session",
+            &[(header::COOKIE, session_cookie.clone())],
+            Bytes::new(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let me: Value = serde_json::from_slice(&me.body).unwrap();
+    assert_eq!(
+        me["has_password"],
+        json!(false),
+        "the page offers the provider step-up"
+    );
+    let csrf = me["csrf"].as_str().unwrap().to_owned();
+    // No password to give: the password step-up refuses.
+    let refused = http
+        .send(
+            Method::POST,
+            &format!("/1/devices/{id}/erase"),
+            &[
+                (header::COOKIE, session_cookie.clone()),
+                (header::HeaderName::from_static("x-csrf-token"), csrf),
+                (header::CONTENT_TYPE, "application/json".into()),
+            ],
+            Bytes::from_static(br#"{"password":"anything at all"}"#),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+
+    // Without the session (a link from elsewhere), no erase login starts.
+    let (status, _) = http
+        .json(
+            Method::GET,
+            &format!("/1/oidc/login?erase={id}"),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Someone else signing in at the provider does not erase Carol's phone.
+    let reply = provider_sign_in(
+        &server,
+        &provider,
+        &format!("/1/oidc/login?erase={id}"),
+        Some(&session_cookie),
+        "mallory",
+    )
+    .await;
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_error(reply.status, &body, 400, 205, "someone else");
+    let (_, detail) = phone_owner
+        .call(Method::GET, &format!("/1/devices/{id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(detail["pending"], json!([]), "nothing queued");
+    // Carol herself, just signed in again: the erase is queued and she is back on the page.
+    let mut http = server.http();
+    let reply = http
+        .send(
+            Method::GET,
+            &format!("/1/oidc/login?erase={id}"),
+            &[(header::COOKIE, session_cookie.clone())],
+            Bytes::new(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let location = reply.headers[header::LOCATION].to_str().unwrap();
+    assert!(
+        location.contains("prompt=login") && location.contains("max_age=0"),
+        "{location}"
+    );
+    let reply = provider_sign_in(
+        &server,
+        &provider,
+        &format!("/1/oidc/login?erase={id}"),
+        Some(&session_cookie),
+        "carol",
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.headers[header::LOCATION], "/");
+    let (_, detail) = phone_owner
+        .call(Method::GET, &format!("/1/devices/{id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(detail["pending"][0]["command"], json!("e"), "{detail}");
 }

@@ -8,6 +8,7 @@
   const NAMES = { r: "Ring", l: "Lock", m: "Message", t: "Track", e: "Erase" };
 
   let csrf = null;
+  let hasPassword = true; // accounts of an identity provider's users have none
   let config = { tiles: null, signup: true };
   let devices = [];
   let selectedId = null;
@@ -139,6 +140,7 @@
 
   function showApp(session) {
     csrf = session.csrf;
+    hasPassword = session.has_password !== false;
     alertText("");
     $("signin").hidden = true;
     $("app").hidden = false;
@@ -568,8 +570,18 @@
     $("erase-open").addEventListener("click", () => {
       $("erase-password").value = "";
       $("erase-error").hidden = true;
+      // Without a password, the step-up is a fresh sign-in at the provider.
+      const viaProvider = !hasPassword && config.provider;
+      $("erase-with-password").hidden = !!viaProvider;
+      $("erase-confirm").hidden = !!viaProvider;
+      $("erase-with-provider").hidden = !viaProvider;
+      $("erase-provider-link").hidden = !viaProvider;
+      if (viaProvider) {
+        $("erase-provider-name").textContent = config.provider.name;
+        $("erase-provider-link").href = config.provider.login + "?erase=" + encodeURIComponent(selectedId);
+      }
       dialog.showModal();
-      $("erase-password").focus();
+      (viaProvider ? $("erase-provider-link") : $("erase-password")).focus();
     });
     $("erase-cancel").addEventListener("click", () => {
       dialog.close();

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::ids::UserId;
+use crate::oidc::LoginPurpose;
 use crate::protocol::{CommandSet, Kind};
 use crate::websession;
 
@@ -267,6 +268,7 @@ where
                     "userid": caller.user,
                     "email": email,
                     "csrf": websession::csrf_token(token),
+                    "has_password": gateway.accounts.has_password(&caller.user),
                 }),
             ))
         }
@@ -296,7 +298,7 @@ where
                 .unwrap_or_default();
             let mut response = json_response(
                 StatusCode::OK,
-                &json!({ "userid": user, "email": email, "csrf": opened.csrf }),
+                &json!({ "userid": user, "email": email, "csrf": opened.csrf, "has_password": true }),
             );
             let cookie = set_cookie(
                 &gateway.config,
@@ -325,7 +327,25 @@ where
         WebRoute::ProviderLogin => {
             let oidc = login_provider(gateway)?;
             let redirect_uri = redirect_uri(gateway, request.headers());
-            let started = oidc.start_login(&redirect_uri)?;
+            let erase =
+                super::query_param(request.uri().query().unwrap_or(""), "erase").map(str::to_owned);
+            let purpose = match erase {
+                None => LoginPurpose::SignIn,
+                // Only the owner's own browser session can ask: the session cookie is
+                // SameSite=Strict, so a link from another site arrives without it.
+                Some(id) => {
+                    let caller = authenticate(request.method(), request.headers(), gateway).await?;
+                    if !caller.by_cookie {
+                        return Err(ApiError::MissingBearer);
+                    }
+                    let device = gateway.registry.owned(caller.user, &id)?;
+                    LoginPurpose::Erase {
+                        user: caller.user,
+                        device: device.id.to_string(),
+                    }
+                }
+            };
+            let started = oidc.start_login(&redirect_uri, purpose)?;
             let mut response = empty_response(StatusCode::SEE_OTHER);
             let headers = response.headers_mut();
             headers.insert(
@@ -368,7 +388,7 @@ where
                 ));
             }
             let redirect_uri = redirect_uri(gateway, request.headers());
-            let claims = oidc.finish_login(&state, &code, &redirect_uri).await?;
+            let (claims, purpose) = oidc.finish_login(&state, &code, &redirect_uri).await?;
             let user = gateway
                 .accounts
                 .user_for_subject(
@@ -377,6 +397,13 @@ where
                     &gateway.journal,
                 )
                 .await?;
+            if let LoginPurpose::Erase {
+                user: owner,
+                device,
+            } = purpose
+            {
+                return erase_after_provider(gateway, owner, user, &device, claims.auth_time).await;
+            }
             let (opened, commit) = gateway.accounts.web.open(user, &gateway.journal);
             commit.wait().await?;
             info!(user = %user, "signed in through the identity provider");
@@ -423,6 +450,45 @@ where
             ))
         }
     }
+}
+
+/// Queues an erase once the provider has just authenticated the owner again: the same
+/// account, signed in within the last few minutes. Back to the page either way.
+async fn erase_after_provider(
+    gateway: &Gateway,
+    owner: UserId,
+    signed_in: UserId,
+    device: &str,
+    auth_time: Option<u64>,
+) -> Result<Response<Body>, ApiError> {
+    if signed_in != owner {
+        return Err(ApiError::OidcLogin(
+            "you signed in at the provider as someone else: nothing was erased".into(),
+        ));
+    }
+    let now = crate::clock::now_ms() / 1000;
+    let leeway = gateway.oidc.as_ref().map_or(0, |o| o.config.leeway_secs);
+    let fresh = auth_time
+        .is_some_and(|t| t.saturating_add(crate::oidc::STEP_UP_MAX_AGE_SECS + leeway) >= now);
+    if !fresh {
+        return Err(ApiError::OidcLogin(
+            "the provider did not confirm a fresh sign-in: nothing was erased".into(),
+        ));
+    }
+    let device = gateway.registry.owned(owner, device)?;
+    let commands = CommandSet::from_json(&json!({ "e": {} }))?;
+    let (_, commit) = device.queue(commands, &gateway.config.devices, gateway.storage());
+    commit.wait().await?;
+    device.mailbox.notify();
+    info!(device = %device.id, "erase queued after signing in again at the provider");
+    let mut response = empty_response(StatusCode::SEE_OTHER);
+    response
+        .headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static("/"));
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, state_cookie(&gateway.config, "", 0));
+    Ok(response)
 }
 
 /// The cookie that binds a provider login to the browser that started it.
