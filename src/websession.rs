@@ -91,10 +91,13 @@ impl WebSessions {
         (OpenedSession { token, csrf, user }, commit)
     }
 
-    /// The user of a live session, counting this request as a use.
+    /// The user of a live session. `active`: the request counts as a use (it restarts the
+    /// idle limit); the page's own background refreshes do not, so a page left open on a
+    /// borrowed computer still signs itself out.
     pub fn authenticate(
         &self,
         token: &str,
+        active: bool,
         limits: &WebConfig,
         journal: &Journal,
     ) -> Result<UserId, ApiError> {
@@ -105,6 +108,9 @@ impl WebSessions {
             drop(session);
             self.sessions.remove(&key);
             return Err(ApiError::InvalidToken);
+        }
+        if !active {
+            return Ok(session.user);
         }
         session.last_used_ms = now;
         if now.saturating_sub(session.journaled_use_ms) >= USE_JOURNAL_EVERY_MS {

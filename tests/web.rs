@@ -527,6 +527,59 @@ async fn sessions_end_when_idle_and_at_their_absolute_limit() {
         .await;
         assert_error(refused.status, &refused.body, 401, 111, "sign in again");
     }
+    // The page's background refreshes do not count as use: an open, forgotten page idles out.
+    plant_session(
+        &server,
+        "left-open",
+        &user,
+        now - 60 * minute,
+        now - 29 * minute,
+    );
+    let background = http
+        .send(
+            Method::GET,
+            "/1/devices",
+            &[
+                (header::COOKIE, "wmf_session=left-open".to_owned()),
+                (
+                    header::HeaderName::from_static("x-wmf-background"),
+                    "1".to_owned(),
+                ),
+            ],
+            Bytes::new(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(background.status, StatusCode::OK);
+    let digest_of = |token: &str| -> String {
+        ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let last_used = |token: &str| {
+        let digest = digest_of(token);
+        server
+            .gateway
+            .accounts
+            .web
+            .export()
+            .into_iter()
+            .find(|s| s.digest == digest)
+            .map(|s| s.last_used_ms)
+    };
+    assert_eq!(
+        last_used("left-open"),
+        Some(now - 29 * minute),
+        "not extended"
+    );
+    assert!(
+        last_used("idle-but-recent").unwrap() >= now,
+        "a real request is a use"
+    );
+    server.gateway.accounts.web.forget(&digest_of("left-open"));
     // Expired sessions nobody presents again are dropped by the periodic sweep.
     plant_session(
         &server,

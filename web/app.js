@@ -29,8 +29,11 @@
     }
   }
 
-  async function api(method, path, body) {
+  // `background`: a refresh the page makes by itself, which must not keep the session from
+  // idling out (the server does not count it as a use).
+  async function api(method, path, body, background) {
     const headers = {};
+    if (background) headers["X-Wmf-Background"] = "1";
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (csrf && method !== "GET") headers["X-CSRF-Token"] = csrf;
     const response = await fetch(path, {
@@ -220,7 +223,7 @@
 
   async function loadDevices(first) {
     try {
-      const answer = await api("GET", "/1/devices");
+      const answer = await api("GET", "/1/devices", undefined, !first);
       devices = answer.devices;
       renderDevices();
       if ((first || !selectedId) && devices.length && !devices.some((d) => d.id === selectedId)) {
@@ -298,11 +301,11 @@
     if (focus) $("device-name").focus();
   }
 
-  async function loadDetail() {
+  async function loadDetail(background) {
     const id = selectedId;
     if (!id) return;
     try {
-      const device = await api("GET", "/1/devices/" + encodeURIComponent(id));
+      const device = await api("GET", "/1/devices/" + encodeURIComponent(id), undefined, background);
       if (id !== selectedId) return;
       const index = devices.findIndex((d) => d.id === id);
       if (index >= 0) devices[index] = device; else devices.push(device);
@@ -358,13 +361,13 @@
     while (mine === generation) {
       try {
         const path = "/1/devices/" + encodeURIComponent(id) + "/events?since=" + since + "&wait=" + (since ? 25 : 0);
-        const answer = await api("GET", path);
+        const answer = await api("GET", path, undefined, true);
         if (mine !== generation) return;
         failures = 0;
         since = answer.next;
         let reload = answer.truncated;
         answer.events.forEach((event) => { if (showEvent(event)) reload = true; });
-        if (reload) loadDetail();
+        if (reload) loadDetail(true);
       } catch (error) {
         if (mine !== generation) return;
         if (signedOut(error)) return showSignIn("Your session has ended. Sign in again.");

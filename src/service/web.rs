@@ -31,6 +31,8 @@ use crate::websession;
 pub const SESSION_COOKIE: &str = "wmf_session";
 /// The header a cookie-authenticated change must carry.
 pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Sent by the page on its own periodic refreshes: they do not keep a session from idling out.
+pub const BACKGROUND_HEADER: &str = "x-wmf-background";
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
 const APP_JS: &str = include_str!("../../web/app.js");
@@ -191,10 +193,12 @@ fn authenticate_locally(
         };
     }
     let token = session_cookie(headers).ok_or(ApiError::MissingBearer)?;
-    let user = gateway
-        .accounts
-        .web
-        .authenticate(token, &gateway.config.web, &gateway.journal)?;
+    let active = !headers.contains_key(BACKGROUND_HEADER);
+    let user =
+        gateway
+            .accounts
+            .web
+            .authenticate(token, active, &gateway.config.web, &gateway.journal)?;
     if method != Method::GET && method != Method::HEAD {
         let offered = headers
             .get(CSRF_HEADER)
