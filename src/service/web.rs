@@ -193,12 +193,7 @@ fn authenticate_locally(
         };
     }
     let token = session_cookie(headers).ok_or(ApiError::MissingBearer)?;
-    let active = !headers.contains_key(BACKGROUND_HEADER);
-    let user =
-        gateway
-            .accounts
-            .web
-            .authenticate(token, active, &gateway.config.web, &gateway.journal)?;
+    // Checked first, so a forged request does not even count as a use of the session.
     if method != Method::GET && method != Method::HEAD {
         let offered = headers
             .get(CSRF_HEADER)
@@ -208,6 +203,12 @@ fn authenticate_locally(
             return Err(ApiError::CsrfRejected.into());
         }
     }
+    let active = !headers.contains_key(BACKGROUND_HEADER);
+    let user =
+        gateway
+            .accounts
+            .web
+            .authenticate(token, active, &gateway.config.web, &gateway.journal)?;
     Ok(Caller {
         user,
         by_cookie: true,
@@ -242,7 +243,7 @@ pub fn check_erase_allowed(caller: Caller, commands: &CommandSet) -> Result<(), 
 
 // === Handlers ===
 
-/// Serves a web route. `body` is read only by the routes that take one.
+/// Serves a web route; only the routes that take a body read one.
 pub async fn dispatch<B>(
     route: WebRoute,
     request: http::Request<B>,
