@@ -21,6 +21,7 @@ use crate::error::ApiError;
 use crate::ids::UserId;
 use crate::store::record::Record;
 use crate::store::{Commit, Durability, Journal};
+use crate::websession::WebSessions;
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -36,6 +37,12 @@ pub struct Accounts {
     users: DashMap<UserId, User>,
     /// SHA-256 of a token → session.
     tokens: DashMap<[u8; 32], Session>,
+    /// Identity-provider subject (issuer and `sub`) → the account made for it. These accounts
+    /// have no password and no entry in `by_email`: a provider's email claim never unlocks a
+    /// local account.
+    subjects: DashMap<String, UserId>,
+    /// Browser sessions (cookies), beside the bearer tokens.
+    pub web: WebSessions,
     /// Lifetime of a session token, in milliseconds.
     token_ttl_ms: u64,
     /// A hash to verify against when the email is unknown (constant-time sign-in).
@@ -72,6 +79,8 @@ impl Accounts {
             by_email: DashMap::new(),
             users: DashMap::new(),
             tokens: DashMap::new(),
+            web: WebSessions::default(),
+            subjects: DashMap::new(),
             token_ttl_ms: token_ttl_hours.saturating_mul(3_600_000),
             decoy_hash: std::sync::OnceLock::new(),
         }
@@ -131,6 +140,18 @@ impl Accounts {
         password: &str,
         journal: &Journal,
     ) -> Result<IssuedToken, ApiError> {
+        let user = self.verify_credentials(email, password).await?;
+        let (issued, commit) = self.issue_token(user, journal);
+        commit.wait().await?;
+        Ok(issued)
+    }
+
+    /// The account an email and password belong to (for a bearer token or a browser session).
+    pub async fn verify_credentials(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<UserId, ApiError> {
         let user = normalise_email(email)
             .ok()
             .and_then(|email| self.by_email.get(&email).map(|id| *id))
@@ -148,13 +169,103 @@ impl Accounts {
             .await
             .map_err(|e| ApiError::Internal(format!("hashing task failed: {e}")))?;
         match user {
-            Some(user) if matches => {
-                let (issued, commit) = self.issue_token(user.id, journal);
-                commit.wait().await?;
-                Ok(issued)
-            }
+            Some(user) if matches => Ok(user.id),
             _ => Err(ApiError::BadCredentials),
         }
+    }
+
+    /// The account of an identity-provider subject, created (durably) on first use.
+    pub async fn user_for_subject(
+        &self,
+        subject: &str,
+        email: Option<&str>,
+        journal: &Journal,
+    ) -> Result<UserId, ApiError> {
+        if let Some(user) = self.subjects.get(subject) {
+            return Ok(*user);
+        }
+        let (id, commit) = match self.subjects.entry(subject.to_owned()) {
+            Entry::Occupied(known) => return Ok(*known.get()),
+            Entry::Vacant(slot) => {
+                let id = UserId::random();
+                let created_ms = now_ms();
+                // Shown to the owner only; never used to find or merge accounts.
+                let email: String = email
+                    .unwrap_or(subject)
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(254)
+                    .collect();
+                let commit = journal.append(
+                    &Record::SubjectLinked {
+                        subject: subject.to_owned(),
+                        user: id,
+                        email: email.clone(),
+                        created_ms,
+                    },
+                    Durability::Commands,
+                );
+                self.users.insert(
+                    id,
+                    User {
+                        id,
+                        email,
+                        password_hash: String::new(),
+                        created_ms,
+                    },
+                );
+                slot.insert(id);
+                (id, commit)
+            }
+        };
+        commit.wait().await?;
+        Ok(id)
+    }
+
+    /// Puts back a subject's account (idempotent).
+    pub fn restore_subject(&self, subject: String, user: UserId, email: String, created_ms: u64) {
+        self.subjects.entry(subject).or_insert(user);
+        self.users.entry(user).or_insert(User {
+            id: user,
+            email,
+            password_hash: String::new(),
+            created_ms,
+        });
+    }
+
+    /// Every subject's account, for a snapshot: (subject, user, email, created).
+    pub fn export_subjects(&self) -> Vec<(String, UserId, String, u64)> {
+        self.subjects
+            .iter()
+            .filter_map(|s| {
+                let user = self.users.get(s.value())?;
+                Some((
+                    s.key().clone(),
+                    user.id,
+                    user.email.clone(),
+                    user.created_ms,
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether `user` has a password (accounts of identity-provider users have none).
+    pub fn has_password(&self, user: &UserId) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|u| !u.password_hash.is_empty())
+    }
+
+    /// Whether `password` is the password of `user` (the step-up check before an erase).
+    /// Hashing runs on the blocking pool, like sign-in.
+    pub async fn check_password(&self, user: UserId, password: &str) -> Result<bool, ApiError> {
+        let Some(stored) = self.users.get(&user).map(|u| u.password_hash.clone()) else {
+            return Ok(false);
+        };
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || verify_password(&password, &stored))
+            .await
+            .map_err(|e| ApiError::Internal(format!("hashing task failed: {e}")))
     }
 
     /// Issues a token for a user; the commit completes when it is durable.
@@ -242,8 +353,10 @@ impl Accounts {
 
     /// Every account, for a snapshot: (id, email, password hash, created).
     pub fn export_accounts(&self) -> Vec<(UserId, String, String, u64)> {
+        // Accounts of identity-provider subjects have no password and go with their subject.
         self.users
             .iter()
+            .filter(|u| !u.password_hash.is_empty())
             .map(|u| (u.id, u.email.clone(), u.password_hash.clone(), u.created_ms))
             .collect()
     }

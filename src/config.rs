@@ -27,6 +27,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub metrics: MetricsConfig,
     pub push: PushConfig,
+    pub web: WebConfig,
+    pub oidc: OidcConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -200,6 +202,52 @@ pub struct PushConfig {
     pub max_in_flight: usize,
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// A browser session ends after this many minutes without a request.
+    pub session_idle_minutes: u64,
+    /// A browser session ends this many hours after sign-in, however busy.
+    pub session_max_hours: u64,
+    /// Map tiles: a URL with `{z}`, `{x}` and `{y}`; empty for no tiles (the page then draws a
+    /// plain grid). Its origin is allowed in the page's Content-Security-Policy.
+    pub tile_url: String,
+    /// The attribution the tile provider requires, shown under the map.
+    pub tile_attribution: String,
+}
+
+/// An OpenID Connect provider (Firefox Accounts, for one); off while `issuer` is empty.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer, exactly as in its tokens' `iss`.
+    pub issuer: String,
+    /// What tokens must name in `aud` (usually our client id).
+    pub audience: String,
+    /// The provider's JWKS, from a file...
+    pub jwks_file: String,
+    /// ...or a URL (http or https).
+    pub jwks_url: String,
+    /// Shortest time between two fetches of the JWKS, in seconds.
+    pub jwks_refetch_secs: u64,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// The name on the page's "Sign in with …" button.
+    pub provider_name: String,
+    /// For the page's sign-in (authorization code flow with PKCE); empty: no button.
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub client_id: String,
+    /// Only for providers that require one of a web server client.
+    pub client_secret: String,
+    pub scope: String,
+    /// Refuse an ID token without the sign-in's nonce (a wrong nonce is always refused).
+    pub require_nonce: bool,
+    /// Where the provider sends the browser back; empty: `server.public_url` (or the `Host`
+    /// of the request) followed by `/1/oidc/callback`.
+    pub redirect_url: String,
+}
+
 /// A configuration that cannot be used, with the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -354,6 +402,58 @@ impl Default for PushConfig {
     }
 }
 
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            session_idle_minutes: 30,
+            session_max_hours: 12,
+            tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".to_owned(),
+            tile_attribution: "© OpenStreetMap contributors".to_owned(),
+        }
+    }
+}
+
+impl WebConfig {
+    /// `scheme://host[:port]` of `tile_url`, for the Content-Security-Policy; `None` when
+    /// tiles are off.
+    pub fn tile_origin(&self) -> Option<String> {
+        if self.tile_url.is_empty() {
+            return None;
+        }
+        let (scheme, rest) = self.tile_url.split_once("://")?;
+        let authority = rest.split('/').next()?;
+        let plain = |c: char| c.is_ascii_alphanumeric() || ".-:[]".contains(c);
+        if !matches!(scheme, "http" | "https")
+            || authority.is_empty()
+            || !authority.chars().all(plain)
+        {
+            return None;
+        }
+        Some(format!("{scheme}://{authority}"))
+    }
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        OidcConfig {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_file: String::new(),
+            jwks_url: String::new(),
+            jwks_refetch_secs: 60,
+            leeway_secs: 60,
+            provider_name: "your account provider".to_owned(),
+            authorization_endpoint: String::new(),
+            token_endpoint: String::new(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            scope: "openid email".to_owned(),
+            require_nonce: true,
+            redirect_url: String::new(),
+        }
+    }
+}
+
 // === Config ===
 
 impl Config {
@@ -434,6 +534,9 @@ impl Config {
         let mut shown = self.clone();
         if shown.storage.seal_key.is_some() {
             shown.storage.seal_key = Some(REDACTED.to_owned());
+        }
+        if !shown.oidc.client_secret.is_empty() {
+            shown.oidc.client_secret = REDACTED.to_owned();
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot show: {e}\n"))
     }
@@ -642,6 +745,64 @@ impl Config {
                 key: "push.allowed_cidrs",
                 message,
             });
+        }
+        check(
+            (1..=7 * 24 * 60).contains(&self.web.session_idle_minutes),
+            "web.session_idle_minutes",
+            "must be from 1 to 10080",
+        )?;
+        check(
+            (1..=24 * 30).contains(&self.web.session_max_hours),
+            "web.session_max_hours",
+            "must be from 1 to 720",
+        )?;
+        check(
+            self.web.tile_url.is_empty()
+                || (self.web.tile_origin().is_some()
+                    && ["{z}", "{x}", "{y}"]
+                        .iter()
+                        .all(|p| self.web.tile_url.contains(p))),
+            "web.tile_url",
+            "must be empty or an http(s) URL with {z}, {x} and {y}, such as https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+        )?;
+        check(
+            self.web.tile_attribution.chars().count() <= 200,
+            "web.tile_attribution",
+            "must be at most 200 characters",
+        )?;
+        if !self.oidc.issuer.is_empty() {
+            let oidc = &self.oidc;
+            check(
+                !oidc.audience.is_empty(),
+                "oidc.audience",
+                "is required when oidc.issuer is set",
+            )?;
+            check(
+                oidc.jwks_file.is_empty() != oidc.jwks_url.is_empty(),
+                "oidc.jwks_url",
+                "set exactly one of oidc.jwks_file and oidc.jwks_url",
+            )?;
+            let url_ok = |url: &str| {
+                url.is_empty() || url.starts_with("https://") || url.starts_with("http://")
+            };
+            for (key, url) in [
+                ("oidc.jwks_url", &oidc.jwks_url),
+                ("oidc.authorization_endpoint", &oidc.authorization_endpoint),
+                ("oidc.token_endpoint", &oidc.token_endpoint),
+                ("oidc.redirect_url", &oidc.redirect_url),
+            ] {
+                check(url_ok(url), key, "must be an http(s) URL")?;
+            }
+            check(
+                (1..=86_400).contains(&oidc.jwks_refetch_secs),
+                "oidc.jwks_refetch_secs",
+                "must be from 1 to 86400",
+            )?;
+            check(
+                oidc.leeway_secs <= 600,
+                "oidc.leeway_secs",
+                "must be at most 600",
+            )?;
         }
         check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),

@@ -67,6 +67,22 @@ pub enum ApiError {
     Internal(String),
     #[error("pushurl: {0}")]
     PushUrlRefused(String),
+    #[error(
+        "missing or wrong X-CSRF-Token: a request signed in by cookie that changes anything must echo the token from GET /1/web/session"
+    )]
+    CsrfRejected,
+    #[error("the password is wrong: nothing was erased")]
+    StepUpFailed,
+    #[error(
+        "an erase from a browser session needs the owner's password again: use POST /1/devices/{{id}}/erase"
+    )]
+    StepUpRequired,
+    #[error("the identity token is not valid: {0}")]
+    OidcToken(String),
+    #[error("the identity provider cannot be reached: try again shortly")]
+    OidcUnavailable,
+    #[error("signing in with the identity provider failed: {0}")]
+    OidcLogin(String),
 }
 
 // === ApiError ===
@@ -96,6 +112,10 @@ impl ApiError {
             Overloaded | StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             PushUrlRefused(_) => StatusCode::BAD_REQUEST,
+            CsrfRejected | StepUpFailed | StepUpRequired => StatusCode::FORBIDDEN,
+            OidcToken(_) => StatusCode::UNAUTHORIZED,
+            OidcUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            OidcLogin(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -128,6 +148,12 @@ impl ApiError {
             StorageUnavailable => 160,
             Internal(_) => 999,
             PushUrlRefused(_) => 230,
+            CsrfRejected => 200,
+            StepUpFailed => 201,
+            StepUpRequired => 202,
+            OidcToken(_) => 203,
+            OidcUnavailable => 204,
+            OidcLogin(_) => 205,
         }
     }
 

@@ -32,6 +32,8 @@ pub struct Gateway {
     pub sealer: Arc<Sealer>,
     /// The locked data directory.
     pub data: Arc<DataDir>,
+    /// The OpenID Connect provider owners may sign in with, if one is configured.
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
     /// Live counters, shown by `/__heartbeat__`.
     pub stats: Stats,
     /// Rate limits against password guessing and command flooding.
@@ -95,6 +97,7 @@ impl Gateway {
             "state recovered"
         );
         let push = Pusher::new(&config, resolver);
+        let oidc = crate::oidc::Oidc::new(&config.oidc);
         Ok(Arc::new(Gateway {
             limits: Limits::new(&config.limits),
             push,
@@ -104,6 +107,7 @@ impl Gateway {
             journal,
             sealer,
             data,
+            oidc,
             stats: Stats::default(),
             metrics: Metrics::default(),
             shutdown: watch::channel(false).0,
@@ -226,6 +230,7 @@ impl Gateway {
         });
         self.accounts.purge_expired();
         self.limits.sweep(now);
+        self.accounts.web.purge_expired(&self.config.web);
     }
 }
 

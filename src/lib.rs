@@ -29,6 +29,9 @@
 //! - [`ratelimit`]: keyed limits against password guessing and command flooding.
 //! - [`push`]: waking devices with no poll parked through their push URL, over [`outbound`],
 //!   the HTTP client that refuses internal destinations.
+//! - [`websession`]: browser sessions (cookie digests, idle and absolute expiry, CSRF tokens);
+//!   the page itself and its routes are in `service::web`.
+//! - [`oidc`]: an OpenID Connect provider's tokens (JWKS, RS256/ES256) and its sign-in flow.
 
 pub mod accounts;
 pub mod admin;
@@ -43,6 +46,7 @@ pub mod hawk_auth;
 pub mod ids;
 pub mod mailbox;
 pub mod metrics;
+pub mod oidc;
 pub mod outbound;
 pub mod protocol;
 pub mod push;
@@ -52,6 +56,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub(crate) mod sync;
+pub mod websession;
 
 pub use config::Config;
 pub use gateway::Gateway;

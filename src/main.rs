@@ -14,6 +14,8 @@ use tracing_subscriber::EnvFilter;
 use wheresmyfox::config::{Flags, LogFormat};
 use wheresmyfox::{Config, Gateway, server};
 
+mod simulate;
+
 // jemalloc returns the memory of idle parked connections to the system far better than
 // glibc's malloc (6.9 KB against 14.6 KB per parked poll, measured in docs/PERFORMANCE.md).
 #[global_allocator]
@@ -52,6 +54,37 @@ enum Command {
     /// variables, then flags), secrets redacted; or the error naming the key at fault. Exits
     /// non-zero when the server would refuse to start with it.
     CheckConfig(ServeArgs),
+    /// A pretend phone: registers with a running server as the given owner, reports a
+    /// position that moves, and prints and acknowledges every command it receives.
+    SimulateDevice(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// The server's address (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    server: SocketAddr,
+    /// The owner's email (the account must exist: sign up on the page first).
+    #[arg(long, requires = "password")]
+    email: Option<String>,
+    /// The owner's password.
+    #[arg(long, requires = "email")]
+    password: Option<String>,
+    /// An owner's bearer token instead of email and password.
+    #[arg(long, conflicts_with_all = ["email", "password"])]
+    token: Option<String>,
+    /// The name the owner sees.
+    #[arg(long, default_value = "Simulated phone")]
+    name: String,
+    /// Seconds between position reports.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=50))]
+    every: u64,
+    /// Latitude to start walking from.
+    #[arg(long, default_value_t = 48.8566, allow_hyphen_values = true)]
+    lat: f64,
+    /// Longitude to start walking from.
+    #[arg(long, default_value_t = 2.3522, allow_hyphen_values = true)]
+    lon: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +136,7 @@ fn main() -> ExitCode {
         Some(Command::CheckData(common)) => check_data(common),
         Some(Command::Repair(common)) => repair(common),
         Some(Command::CheckConfig(args)) => check_config(args),
+        Some(Command::SimulateDevice(args)) => simulate_device(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -248,6 +282,23 @@ fn repair(common: CommonArgs) -> anyhow::Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+fn simulate_device(args: SimulateArgs) -> anyhow::Result<()> {
+    if !(-90.0..=90.0).contains(&args.lat) || !(-180.0..=180.0).contains(&args.lon) {
+        bail!("--lat must be from -90 to 90 and --lon from -180 to 180");
+    }
+    let simulation = simulate::Simulation {
+        server: args.server,
+        email: args.email,
+        password: args.password,
+        token: args.token,
+        name: args.name,
+        every_secs: args.every,
+        lat: args.lat,
+        lon: args.lon,
+    };
+    runtime()?.block_on(simulate::run(simulation))
 }
 
 /// Resolves on SIGTERM (how service managers stop us) or SIGINT (Ctrl-C in a terminal).

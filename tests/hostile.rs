@@ -227,6 +227,9 @@ async fn password_guessing_is_rate_limited_per_account() {
         let retry_after = retry_after.expect("Retry-After");
         assert!((590..=600).contains(&retry_after), "{retry_after}");
     }
+    // The web page's sign-in shares the account's allowance.
+    let (status, _, body) = post(&mut elsewhere, "/1/web/session", None, right.clone()).await;
+    assert_error(status, &body, 429, 140, "try again in");
     let bystander = json!({"email": "bystander@example.com", "password": support::PASSWORD});
     let (status, _, _) = post(&mut http, "/1/session", None, bystander).await;
     assert_eq!(status, StatusCode::OK);

@@ -5,6 +5,7 @@
 
 use http::Method;
 use wheresmyfox::error::ApiError;
+use wheresmyfox::service::web::WebRoute;
 use wheresmyfox::service::{Route, route};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -49,8 +50,11 @@ fn documented_as(route: &Route) -> Option<(Method, &'static str)> {
         Route::LbHeartbeat => (Method::GET, "/__lbheartbeat__"),
         Route::Version => (Method::GET, "/__version__"),
         Route::Metrics => (Method::GET, "/metrics"),
-        // The device side is Hawk-signed and described in docs/protocol.md.
-        Route::DeviceExchange(_) => return None,
+        Route::Web(WebRoute::Erase(_)) => (Method::POST, "/1/devices/{id}/erase"),
+        // The device side is Hawk-signed and described in docs/protocol.md; the page, its
+        // cookie session and the identity provider's redirects are for browsers (docs/web.md,
+        // docs/identity.md).
+        Route::DeviceExchange(_) | Route::Web(_) => return None,
     })
 }
 
@@ -96,6 +100,7 @@ fn every_owner_route_is_documented() {
         Route::RenameDevice(id()),
         Route::ForgetDevice(id()),
         Route::QueueCommand(id()),
+        Route::Web(WebRoute::Erase(id())),
         Route::Events(id()),
         Route::Heartbeat,
         Route::LbHeartbeat,

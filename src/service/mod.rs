@@ -35,6 +35,7 @@ pub mod body;
 pub mod device_auth;
 pub mod ops;
 pub mod respond;
+pub mod web;
 
 use device_auth::{Signer, Verified};
 
@@ -75,6 +76,8 @@ pub enum Route {
     LbHeartbeat,
     Metrics,
     Version,
+    /// The owner's web page and its browser sessions (see [`web`]).
+    Web(web::WebRoute),
 }
 
 // === Routing ===
@@ -169,7 +172,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                 wrong("GET")
             }
         }
-        _ => Err(ApiError::NotFound),
+        other => web::route(method, other),
     }
 }
 
@@ -212,13 +215,19 @@ where
         }
         Ok(route) => Box::pin(
             async move {
-                Ok(dispatch(route, request, &gateway, client)
+                let mut response = dispatch(route, request, &gateway, client)
                     .await
-                    .unwrap_or_else(|error| error_response(&error)))
+                    .unwrap_or_else(|error| error_response(&error));
+                web::secure(&mut response, &gateway.config);
+                Ok(response)
             }
             .instrument(span),
         ),
-        Err(error) => Box::pin(std::future::ready(Ok(error_response(&error)))),
+        Err(error) => {
+            let mut response = error_response(&error);
+            web::secure(&mut response, &gateway.config);
+            Box::pin(std::future::ready(Ok(response)))
+        }
     }
 }
 
@@ -239,6 +248,7 @@ where
         Route::Metrics if gateway.config.metrics.listen.is_some() => Err(ApiError::NotFound),
         Route::Metrics => Ok(ops::metrics(gateway)),
         Route::Version => Ok(ops::version()),
+        Route::Web(route) => web::dispatch(route, request, gateway, client).await,
         Route::CreateAccount => {
             limit_address(gateway, client)?;
             let body = read_json(request, gateway).await?;
@@ -259,12 +269,12 @@ where
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
         Route::Register => {
-            let user = owner(request.headers(), gateway)?;
+            let user = owner(&request, gateway).await?;
             let body = read_json(request, gateway).await?;
             register(gateway, user, body).await
         }
         Route::ListDevices => {
-            let user = owner(request.headers(), gateway)?;
+            let user = owner(&request, gateway).await?;
             let devices: Vec<Value> = gateway
                 .registry
                 .list(user)
@@ -277,7 +287,7 @@ where
             ))
         }
         Route::GetDevice(id) => {
-            let user = owner(request.headers(), gateway)?;
+            let user = owner(&request, gateway).await?;
             let device = gateway.registry.owned(user, &id)?;
             Ok(json_response(
                 StatusCode::OK,
@@ -285,7 +295,7 @@ where
             ))
         }
         Route::RenameDevice(id) => {
-            let user = owner(request.headers(), gateway)?;
+            let user = owner(&request, gateway).await?;
             let device = gateway.registry.owned(user, &id)?;
             let mut body = read_json(request, gateway).await?;
             only_fields(&body, &["name"])?;
@@ -297,7 +307,7 @@ where
             Ok(json_response(StatusCode::OK, &device.summary()))
         }
         Route::ForgetDevice(id) => {
-            let user = owner(request.headers(), gateway)?;
+            let user = owner(&request, gateway).await?;
             let device = gateway.registry.owned(user, &id)?;
             gateway
                 .registry
@@ -307,37 +317,18 @@ where
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
         Route::QueueCommand(id) => {
-            let user = owner(request.headers(), gateway)?;
-            let device = gateway.registry.owned(user, &id)?;
-            gateway
-                .limits
-                .commands_owner
-                .take(&user, now_ms())
-                .map_err(|wait| {
-                    info!(owner = %user, "command refused: rate limit");
-                    ratelimit::refusal(wait)
-                })?;
+            let caller = web::authenticate(request.method(), request.headers(), gateway).await?;
+            Span::current().record("owner", field::display(caller.user));
+            let device = gateway.registry.owned(caller.user, &id)?;
+            limit_commands(gateway, caller.user)?;
             let body = read_body(request, gateway).await?;
             let commands = CommandSet::from_slice(&body)?;
-            let wire = commands.to_json();
-            let (queued, commit) =
-                device.queue(commands, &gateway.config.devices, gateway.storage());
-            // Durable before the device can see it: nothing it acts on can be lost.
-            commit.wait().await?;
-            gateway.metrics.commands_queued.add(queued.len() as u64);
-            let woken = crate::push::wake(gateway, &device);
-            Ok(json_response(
-                StatusCode::ACCEPTED,
-                &json!({
-                    "queued": queued,
-                    "command": wire,
-                    "parked": woken == crate::push::Wakeup::Parked,
-                    "push": woken.answer(),
-                }),
-            ))
+            web::check_erase_allowed(caller, &commands)?;
+            let answer = queue_commands(gateway, &device, commands).await?;
+            Ok(json_response(StatusCode::ACCEPTED, &answer))
         }
         Route::Events(id) => {
-            let user = owner(request.headers(), gateway)?;
+            let user = owner(&request, gateway).await?;
             let device = gateway.registry.owned(user, &id)?;
             let query = request.uri().query().unwrap_or("").to_owned();
             drop(request);
@@ -373,9 +364,30 @@ async fn sign_in(
 ) -> Result<Response<Body>, ApiError> {
     limit_address(gateway, client)?;
     let (email, password) = credentials(&mut body)?;
+    let sign_in = gateway
+        .accounts
+        .sign_in(&email, &password, &gateway.journal);
+    let issued = password_attempt(gateway, client, &email, sign_in).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "token": issued.token, "userid": issued.user }),
+    ))
+}
+
+/// Runs a password check (`check`, which fails with `BadCredentials` or `StepUpFailed` on a
+/// wrong password) under the per-account sign-in limit. Every attempt takes one from the
+/// account's allowance and a correct password gives it back, so the owner's own sign-ins
+/// never use up what a guesser would exhaust. The caller has already counted the attempt
+/// against the client's address.
+pub(crate) async fn password_attempt<T>(
+    gateway: &Gateway,
+    client: IpAddr,
+    email: &str,
+    check: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
     // Only well-formed addresses are keys (at most 254 bytes each); a malformed one cannot
-    // match an account, and the address limit above still counts it.
-    let account = normalise_email(&email).ok();
+    // match an account, and the address limit still counts it.
+    let account = normalise_email(email).ok();
     if let Some(account) = &account {
         gateway
             .limits
@@ -386,28 +398,56 @@ async fn sign_in(
                 ratelimit::refusal(wait)
             })?;
     }
-    let issued = gateway
-        .accounts
-        .sign_in(&email, &password, &gateway.journal)
-        .await
-        .inspect_err(|error| {
-            // Operators watch for password guessing (and feed it to fail2ban and the like).
-            if matches!(error, ApiError::BadCredentials) {
-                info!(%client, "sign-in refused: wrong email or password");
+    let outcome = check.await.inspect_err(|error| {
+        // Operators watch for password guessing (and feed it to fail2ban and the like).
+        match error {
+            ApiError::BadCredentials => {
+                info!(%client, "sign-in refused: wrong email or password")
             }
-        })?;
+            ApiError::StepUpFailed => info!(%client, "erase refused: wrong password"),
+            _ => {}
+        }
+    })?;
     if let Some(account) = &account {
-        // The owner's own sign-ins never use up the allowance a guesser would exhaust.
         gateway.limits.sign_in_account.give_back(account);
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "token": issued.token, "userid": issued.user }),
-    ))
+    Ok(outcome)
+}
+
+/// Counts one command request against its owner's rate limit.
+pub(crate) fn limit_commands(gateway: &Gateway, user: UserId) -> Result<(), ApiError> {
+    gateway
+        .limits
+        .commands_owner
+        .take(&user, now_ms())
+        .map_err(|wait| {
+            info!(owner = %user, "command refused: rate limit");
+            ratelimit::refusal(wait)
+        })
+}
+
+/// Queues commands durably (nothing the device acts on can be lost), then wakes the device:
+/// its parked poll, or else a push ping. Returns the owner's 202 answer.
+pub(crate) async fn queue_commands(
+    gateway: &Arc<Gateway>,
+    device: &Arc<Device>,
+    commands: CommandSet,
+) -> Result<Value, ApiError> {
+    let wire = commands.to_json();
+    let (queued, commit) = device.queue(commands, &gateway.config.devices, gateway.storage());
+    commit.wait().await?;
+    gateway.metrics.commands_queued.add(queued.len() as u64);
+    let woken = crate::push::wake(gateway, device);
+    Ok(json!({
+        "queued": queued,
+        "command": wire,
+        "parked": woken == crate::push::Wakeup::Parked,
+        "push": woken.answer(),
+    }))
 }
 
 /// Counts one sign-in or sign-up attempt against the client's address.
-fn limit_address(gateway: &Gateway, client: IpAddr) -> Result<(), ApiError> {
+pub(crate) fn limit_address(gateway: &Gateway, client: IpAddr) -> Result<(), ApiError> {
     gateway
         .limits
         .sign_in_address
@@ -443,10 +483,19 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(token)
 }
 
-fn owner(headers: &HeaderMap, gateway: &Gateway) -> Result<UserId, ApiError> {
-    let user = gateway.accounts.authenticate(bearer(headers)?)?;
-    Span::current().record("owner", field::display(user));
-    Ok(user)
+/// The owner calling: by bearer token, or by the browser's session cookie (see [`web`]).
+/// The returned future borrows only the gateway, so a handler can await it and still own
+/// its request.
+fn owner<'g, B>(
+    request: &Request<B>,
+    gateway: &'g Gateway,
+) -> impl Future<Output = Result<UserId, ApiError>> + Send + 'g {
+    let caller = web::authenticate(request.method(), request.headers(), gateway);
+    async move {
+        let user = caller.await?.user;
+        Span::current().record("owner", field::display(user));
+        Ok(user)
+    }
 }
 
 // === Registration ===

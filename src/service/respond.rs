@@ -43,7 +43,7 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
         | ApiError::UnknownDevice => {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Hawk"));
         }
-        ApiError::MissingBearer | ApiError::InvalidToken => {
+        ApiError::MissingBearer | ApiError::InvalidToken | ApiError::OidcToken(_) => {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         ApiError::MethodNotAllowed { allow } => {
@@ -52,7 +52,7 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
         ApiError::RateLimited { retry_after_secs } => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
-        ApiError::Overloaded | ApiError::StorageUnavailable => {
+        ApiError::Overloaded | ApiError::StorageUnavailable | ApiError::OidcUnavailable => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}

@@ -466,6 +466,23 @@ fn restore(
             data.prune(crate::clock::now_ms(), &config.devices);
             registry.restore(id, *data, sealer.open(&secret)?);
         }
+        SnapshotEntry::Subject {
+            subject,
+            user,
+            email,
+            created_ms,
+        } => accounts.restore_subject(subject, user, email, created_ms),
+        SnapshotEntry::WebSession {
+            digest,
+            user,
+            created_ms,
+            last_used_ms,
+        } => accounts.web.restore(&crate::websession::SessionImage {
+            digest,
+            user,
+            created_ms,
+            last_used_ms,
+        }),
         SnapshotEntry::End { .. } => {}
     }
     Ok(())
@@ -493,6 +510,24 @@ fn replay(
             expires_ms,
         } => accounts.restore_token(digest, *user, *expires_ms),
         Record::TokenRevoked { digest } => accounts.forget_token(digest),
+        Record::SubjectLinked {
+            subject,
+            user,
+            email,
+            created_ms,
+        } => accounts.restore_subject(subject.clone(), *user, email.clone(), *created_ms),
+        Record::WebSessionOpened {
+            digest,
+            user,
+            created_ms,
+        } => accounts.web.restore(&crate::websession::SessionImage {
+            digest: digest.clone(),
+            user: *user,
+            created_ms: *created_ms,
+            last_used_ms: *created_ms,
+        }),
+        Record::WebSessionUsed { digest, at_ms } => accounts.web.restore_use(digest, *at_ms),
+        Record::WebSessionClosed { digest } => accounts.web.forget(digest),
         Record::Device { id, v, change } => match change {
             DeviceChange::Registered {
                 owner,
@@ -627,6 +662,30 @@ pub fn write_snapshot(
                 digest,
                 user,
                 expires_ms,
+            },
+        )?;
+        entries += 1;
+    }
+    for (subject, user, email, created_ms) in accounts.export_subjects() {
+        put(
+            &mut out,
+            &SnapshotEntry::Subject {
+                subject,
+                user,
+                email,
+                created_ms,
+            },
+        )?;
+        entries += 1;
+    }
+    for session in accounts.web.export() {
+        put(
+            &mut out,
+            &SnapshotEntry::WebSession {
+                digest: session.digest,
+                user: session.user,
+                created_ms: session.created_ms,
+                last_used_ms: session.last_used_ms,
             },
         )?;
         entries += 1;

@@ -33,6 +33,27 @@ pub enum Record {
     TokenRevoked {
         digest: String,
     },
+    /// An account made for an identity provider's subject (issuer and `sub`).
+    SubjectLinked {
+        subject: String,
+        user: UserId,
+        email: String,
+        created_ms: u64,
+    },
+    /// A browser session opened; `digest`: hex SHA-256 of the cookie value.
+    WebSessionOpened {
+        digest: String,
+        user: UserId,
+        created_ms: u64,
+    },
+    /// A browser session was used (at most one record a minute per session).
+    WebSessionUsed {
+        digest: String,
+        at_ms: u64,
+    },
+    WebSessionClosed {
+        digest: String,
+    },
     Device {
         id: DeviceId,
         /// The device's version after this change.
@@ -118,6 +139,18 @@ pub enum SnapshotEntry {
         secret: StoredSecret,
         #[serde(flatten)]
         data: Box<DeviceData>,
+    },
+    Subject {
+        subject: String,
+        user: UserId,
+        email: String,
+        created_ms: u64,
+    },
+    WebSession {
+        digest: String,
+        user: UserId,
+        created_ms: u64,
+        last_used_ms: u64,
     },
     /// The last entry: how many came before it. A snapshot without it is incomplete.
     End { entries: u64 },
