@@ -65,6 +65,26 @@ pub enum ApiError {
     StorageUnavailable,
     #[error("internal error")]
     Internal(String),
+    #[error("the revision changed: it is now {current} (read it again, merge, and retry)")]
+    SyncRevisionChanged { current: u64 },
+    #[error("the record already exists, at revision {current} (If-None-Match: * creates only)")]
+    SyncRecordExists { current: u64 },
+    #[error("a record's payload is larger than the limit of {limit} bytes")]
+    SyncRecordTooLarge { limit: usize },
+    #[error("the batch is too large: {reason}")]
+    SyncBatchTooLarge { reason: String },
+    #[error("the batch was not applied: {count} record(s) are invalid (see failed)")]
+    SyncBatchRejected { count: usize },
+    #[error("over quota: {reason}")]
+    SyncOverQuota { reason: String },
+    #[error(
+        "changes before revision {horizon} have been purged: read the collection again from since=0"
+    )]
+    SyncHistoryPurged { horizon: u64 },
+    #[error("too many change feeds open for this account (at most {max}): close one first")]
+    SyncTooManyFeeds { max: usize },
+    #[error("the server holds as many change feeds as it can: try again shortly")]
+    SyncFeedsFull,
 }
 
 // === ApiError ===
@@ -93,6 +113,13 @@ impl ApiError {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Overloaded | StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            SyncRevisionChanged { .. } | SyncRecordExists { .. } => StatusCode::PRECONDITION_FAILED,
+            SyncRecordTooLarge { .. } | SyncBatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            SyncBatchRejected { .. } => StatusCode::BAD_REQUEST,
+            SyncOverQuota { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            SyncHistoryPurged { .. } => StatusCode::GONE,
+            SyncTooManyFeeds { .. } => StatusCode::TOO_MANY_REQUESTS,
+            SyncFeedsFull => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -124,6 +151,15 @@ impl ApiError {
             Overloaded => 150,
             StorageUnavailable => 160,
             Internal(_) => 999,
+            SyncRevisionChanged { .. } => 300,
+            SyncRecordExists { .. } => 301,
+            SyncRecordTooLarge { .. } => 302,
+            SyncBatchTooLarge { .. } => 303,
+            SyncBatchRejected { .. } => 304,
+            SyncOverQuota { .. } => 305,
+            SyncHistoryPurged { .. } => 306,
+            SyncTooManyFeeds { .. } => 307,
+            SyncFeedsFull => 308,
         }
     }
 

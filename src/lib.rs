@@ -24,12 +24,15 @@
 //! - [`store`]: durability: the journal (group commit), snapshots, recovery, sealing.
 //! - [`config`]: settings and their validation.
 //! - [`admin`]: the operator's admin socket (`wheresmyfox user add`).
+//! - [`datasync`]: per-user synced collections (revisions, tombstones, change feeds) and the
+//!   client that encrypts them; served by `service::sync`.
 
 pub mod accounts;
 pub mod admin;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod datasync;
 pub mod device;
 pub mod error;
 pub mod gateway;

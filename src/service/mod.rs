@@ -29,6 +29,7 @@ use crate::registry::Registered;
 pub mod body;
 pub mod device_auth;
 pub mod respond;
+pub mod sync;
 
 use device_auth::{Signer, Verified};
 
@@ -67,6 +68,8 @@ pub enum Route {
     Events(String),
     Heartbeat,
     LbHeartbeat,
+    /// Data sync: `/1/storage…`, `/1/info/…`, `/1/changes` (see `sync`).
+    Sync(sync::SyncRoute),
 }
 
 // === Routing ===
@@ -133,6 +136,9 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                 wrong("GET")
             }
         }
+        ["1", "storage" | "info" | "changes", ..] => {
+            sync::route(method, &segments).map(Route::Sync)
+        }
         ["__heartbeat__"] => {
             if is(&Method::GET) {
                 Ok(Route::Heartbeat)
@@ -193,6 +199,7 @@ where
         Route::DeviceExchange(id) => Ok(exchange_device(request, gateway.clone(), id).await),
         Route::Heartbeat => Ok(heartbeat(gateway)),
         Route::LbHeartbeat => Ok(json_response(StatusCode::OK, &json!({}))),
+        Route::Sync(route) => Ok(sync::handle(route, request, gateway).await),
         Route::CreateAccount => {
             let body = read_json(request, gateway).await?;
             create_account(gateway, body).await
@@ -352,7 +359,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(token)
 }
 
-fn owner(headers: &HeaderMap, gateway: &Gateway) -> Result<UserId, ApiError> {
+pub(crate) fn owner(headers: &HeaderMap, gateway: &Gateway) -> Result<UserId, ApiError> {
     gateway.accounts.authenticate(bearer(headers)?)
 }
 
