@@ -103,6 +103,11 @@ impl SecretKey {
         SecretKey { kid, bytes }
     }
 
+    /// The raw key, for a client that keeps it in its own keychain. Never send it.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
     /// A fresh random key.
     pub fn random() -> SecretKey {
         let mut bytes = [0u8; 32];
