@@ -399,9 +399,9 @@ impl Config {
             )?;
         }
         check(
-            (16..=16 * 1024 * 1024).contains(&self.sync.max_record_bytes),
+            (16..=2 * 1024 * 1024).contains(&self.sync.max_record_bytes),
             "sync.max_record_bytes",
-            "must be from 16 bytes to 16 MiB",
+            "must be from 16 bytes to 2 MiB",
         )?;
         check(
             (1..=10_000).contains(&self.sync.max_post_records),
@@ -410,9 +410,10 @@ impl Config {
         )?;
         check(
             self.sync.max_post_bytes >= self.sync.max_record_bytes
-                && self.sync.max_post_bytes <= 64 * 1024 * 1024,
+                && self.sync.max_post_bytes <= 2 * 1024 * 1024,
             "sync.max_post_bytes",
-            "must be at least sync.max_record_bytes and at most 64 MiB",
+            "must be at least sync.max_record_bytes and at most 2 MiB (a batch is one journal \
+             record, which must stay under 16 MiB even if JSON escaping grows it sixfold)",
         )?;
         check(
             self.sync.max_user_records >= 1,

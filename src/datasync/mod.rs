@@ -480,10 +480,20 @@ impl SyncStore {
             .collect()
     }
 
-    /// Loads one user's state from a snapshot.
-    pub fn restore(&self, user: UserId, mut state: UserState) {
+    /// Loads one piece of a user's state from a snapshot (see [`UserSync::image`]), merging
+    /// it with the pieces before it.
+    pub fn restore(&self, user: UserId, piece: UserState) {
+        let sync = self.user(user);
+        let mut state = crate::sync::lock(&sync.state);
+        state.rev = state.rev.max(piece.rev);
+        for (name, collection) in piece.collections {
+            let into = state.collections.entry(name).or_default();
+            into.rev = into.rev.max(collection.rev);
+            into.horizon = into.horizon.max(collection.horizon);
+            into.items.extend(collection.items);
+        }
         state.rebuild();
-        self.users.insert(user, Arc::new(UserSync::new(state)));
+        sync.changed.send_replace(state.rev);
     }
 
     /// Replays a journaled write; skipped if the state already has its revision.
@@ -530,9 +540,41 @@ impl UserSync {
         }
     }
 
-    /// A copy of the whole state, for a snapshot.
-    pub fn image(&self) -> UserState {
-        crate::sync::lock(&self.state).clone()
+    /// A copy of the whole state, for a snapshot, in pieces of at most about `piece_bytes`
+    /// of ids and payloads each: a snapshot frame must stay well under the 16 MiB a frame
+    /// may hold, and one user may keep far more than that. Every collection appears in at
+    /// least one piece, so an empty one keeps its revision.
+    pub fn image(&self, piece_bytes: usize) -> Vec<UserState> {
+        let state = crate::sync::lock(&self.state);
+        let empty = || UserState {
+            rev: state.rev,
+            ..UserState::default()
+        };
+        let mut pieces = vec![empty()];
+        let mut size = 0;
+        for (name, collection) in &state.collections {
+            let header = || Collection {
+                rev: collection.rev,
+                horizon: collection.horizon,
+                ..Collection::default()
+            };
+            let mut current = header();
+            for (id, item) in &collection.items {
+                let item_size = id.len() + item.payload.len() + 64;
+                if size + item_size > piece_bytes && size > 0 {
+                    let last = pieces.last_mut().expect("never empty");
+                    last.collections
+                        .insert(name.clone(), std::mem::replace(&mut current, header()));
+                    pieces.push(empty());
+                    size = 0;
+                }
+                size += item_size;
+                current.items.insert(id.clone(), item.clone());
+            }
+            let last = pieces.last_mut().expect("never empty");
+            last.collections.insert(name.clone(), current);
+        }
+        pieces
     }
 
     /// Checks and applies a write at the user's next revision, journaling it under the same
@@ -780,6 +822,46 @@ mod tests {
                 .collect(),
             deletes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_snapshot_image_in_pieces_restores_to_the_same_state() {
+        let journal = Journal::disabled();
+        let user = UserId::random();
+        let sync = UserSync::new(UserState::default());
+        let limits = SyncConfig::default();
+        let ids: Vec<String> = (0..50).map(|i| format!("r{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        for collection in ["a", "b"] {
+            let write = put(collection, &refs, 1);
+            drop(sync.write(user, write, Condition::None, None, &limits, &journal));
+        }
+        let mut delete = put("empty", &["x"], 2);
+        drop(sync.write(
+            user,
+            delete.clone(),
+            Condition::None,
+            None,
+            &limits,
+            &journal,
+        ));
+        delete.puts.clear();
+        delete.deletes.push("x".into());
+        drop(sync.write(user, delete, Condition::None, None, &limits, &journal));
+        crate::sync::lock(&sync.state).purge(u64::MAX, 0);
+
+        let pieces = sync.image(500);
+        assert!(pieces.len() > 5, "{} pieces", pieces.len());
+        let store = SyncStore::default();
+        for piece in pieces {
+            store.restore(user, piece);
+        }
+        let restored = store.get(user).unwrap();
+        let (original, copy) = (sync.image(usize::MAX), restored.image(usize::MAX));
+        assert_eq!(original, copy);
+        assert_eq!(copy[0].collections["empty"].rev, 4);
+        assert_eq!(restored.usage(), sync.usage());
+        assert_eq!(*restored.subscribe().borrow(), 4);
     }
 
     #[test]

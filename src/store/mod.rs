@@ -669,14 +669,18 @@ pub fn write_snapshot(
     // Each user is copied under their lock: a consistent state at one revision, which
     // replay of the new journal then moves forward (writes at or below it are skipped).
     for (user, data) in sync.users() {
-        put(
-            &mut out,
-            &SnapshotEntry::SyncUser {
-                user,
-                state: Box::new(data.image()),
-            },
-        )?;
-        entries += 1;
+        // 2 MiB of ids and payloads: even if JSON escaping grew every byte sixfold, a frame
+        // stays under `frame::MAX_PAYLOAD`.
+        for piece in data.image(2 * 1024 * 1024) {
+            put(
+                &mut out,
+                &SnapshotEntry::SyncUser {
+                    user,
+                    state: Box::new(piece),
+                },
+            )?;
+            entries += 1;
+        }
         stats.sync_users += 1;
     }
     put(&mut out, &SnapshotEntry::End { entries })?;
