@@ -1217,3 +1217,71 @@ async fn a_write_on_one_device_wakes_the_others_feed_which_reads_and_decrypts_it
         }]
     );
 }
+
+// === Configuration and transport limits ===
+
+#[test]
+fn sync_settings_out_of_range_stop_start_up_naming_the_key() {
+    use wheresmyfox::Config;
+    for (toml, key) in [
+        ("[sync]\nmax_post_bytes = 3000000\n", "sync.max_post_bytes"),
+        (
+            "[sync]\nmax_record_bytes = 4000000\n",
+            "sync.max_record_bytes",
+        ),
+        (
+            "[sync]\nmax_feeds_per_user = 0\n",
+            "sync.max_feeds_per_user",
+        ),
+        (
+            "[sync]\ntombstone_ttl_secs = 5\n",
+            "sync.tombstone_ttl_secs",
+        ),
+        ("[sync]\nmax_feed = 5\n", "max_feed"),
+    ] {
+        let error = Config::from_toml(toml).unwrap_err().to_string();
+        assert!(error.contains(key), "{error}");
+    }
+    let config = Config::from_toml("[sync]\nmax_post_records = 10\n").unwrap();
+    assert_eq!(config.sync.max_post_records, 10);
+}
+
+#[tokio::test]
+async fn bodies_past_the_sync_limits_or_of_another_type_are_refused() {
+    let server = TestServer::start_with(|c| c.sync.max_record_bytes = 100).await;
+    let owner = server.owner("limits").await;
+    let mut http = HttpClient::new(server.addr);
+    let auth = (header::AUTHORIZATION, format!("Bearer {}", owner.token));
+    // A PUT body may be at most twice the record limit plus 4 KiB: past it, 413 before parsing.
+    let huge = bytes::Bytes::from(vec![b'x'; 2 * 100 + 4096 + 1]);
+    let reply = http
+        .send(
+            Method::PUT,
+            "/1/storage/c/x",
+            &[
+                auth.clone(),
+                (header::CONTENT_TYPE, "application/json".into()),
+            ],
+            huge,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_error(reply.status, &body, 413, 102, "4296 bytes");
+    let reply = http
+        .send(
+            Method::PUT,
+            "/1/storage/c/x",
+            &[auth, (header::CONTENT_TYPE, "text/plain".into())],
+            bytes::Bytes::from_static(br#"{"payload":"x"}"#),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_error(reply.status, &body, 415, 105, "application/json");
+    let mut client = as_owner(&server, &owner);
+    let info = call(&mut client, Method::GET, "/1/info/collections", &[], None).await;
+    assert_eq!(info.body, json!({}));
+}
