@@ -676,7 +676,7 @@ async fn a_write_wakes_every_parked_feed_of_its_user_and_no_one_else() {
     }
     let mut strangers_feed = as_owner(&server, &stranger);
     let strangers =
-        tokio::spawn(async move { strangers_feed.wait_for_changes(0, 2).await.unwrap() });
+        tokio::spawn(async move { strangers_feed.wait_for_changes(0, 5).await.unwrap() });
     server.until_parked(4).await;
 
     // A fourth feed of the same user is past the bound: 429 with Retry-After, at once.

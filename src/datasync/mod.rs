@@ -177,6 +177,16 @@ pub struct Purge {
     pub horizon: u64,
 }
 
+/// Locks a user's state, ignoring poisoning: every critical section either checks before it
+/// changes anything or applies a change that cannot fail half-way, so a panic elsewhere is no
+/// reason to refuse the user's data for the rest of the run. (Plain `std` locks, not the
+/// `crate::sync` facade: this state is not part of the loom-checked park/wake primitive.)
+fn lock(mutex: &std::sync::Mutex<UserState>) -> std::sync::MutexGuard<'_, UserState> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 // === Validation (pure) ===
 
 /// `[A-Za-z0-9_.-]{1,32}`.
@@ -484,7 +494,7 @@ impl SyncStore {
     /// it with the pieces before it.
     pub fn restore(&self, user: UserId, piece: UserState) {
         let sync = self.user(user);
-        let mut state = crate::sync::lock(&sync.state);
+        let mut state = lock(&sync.state);
         state.rev = state.rev.max(piece.rev);
         for (name, collection) in piece.collections {
             let into = state.collections.entry(name).or_default();
@@ -499,7 +509,7 @@ impl SyncStore {
     /// Replays a journaled write; skipped if the state already has its revision.
     pub fn replay_write(&self, user: UserId, rev: u64, write: &Write) {
         let sync = self.user(user);
-        let mut state = crate::sync::lock(&sync.state);
+        let mut state = lock(&sync.state);
         if rev > state.rev {
             state.apply(rev, write);
             sync.changed.send_replace(rev);
@@ -509,7 +519,7 @@ impl SyncStore {
     /// Replays a journaled purge (idempotent: it names the exact versions it removed).
     pub fn replay_purge(&self, user: UserId, purge: &Purge) {
         if let Some(sync) = self.get(user) {
-            crate::sync::lock(&sync.state).apply_purge(purge);
+            lock(&sync.state).apply_purge(purge);
         }
     }
 
@@ -518,7 +528,7 @@ impl SyncStore {
         let ttl_ms = limits.tombstone_ttl_secs.saturating_mul(1000);
         let mut removed = 0;
         for (user, sync) in self.users() {
-            let mut state = crate::sync::lock(&sync.state);
+            let mut state = lock(&sync.state);
             for purge in state.purge(now_ms, ttl_ms) {
                 removed += purge.removed.len();
                 // Not waited for: a purge lost to a crash is simply done again.
@@ -545,7 +555,7 @@ impl UserSync {
     /// may hold, and one user may keep far more than that. Every collection appears in at
     /// least one piece, so an empty one keeps its revision.
     pub fn image(&self, piece_bytes: usize) -> Vec<UserState> {
-        let state = crate::sync::lock(&self.state);
+        let state = lock(&self.state);
         let empty = || UserState {
             rev: state.rev,
             ..UserState::default()
@@ -590,7 +600,7 @@ impl UserSync {
         limits: &SyncConfig,
         journal: &Journal,
     ) -> Result<(u64, Commit), Refused> {
-        let mut state = crate::sync::lock(&self.state);
+        let mut state = lock(&self.state);
         write_locked(&mut state, user, write, condition, target, limits, journal)
     }
 
@@ -604,7 +614,7 @@ impl UserSync {
         limits: &SyncConfig,
         journal: &Journal,
     ) -> Result<(u64, Commit), Refused> {
-        let mut state = crate::sync::lock(&self.state);
+        let mut state = lock(&self.state);
         // Listed under the same lock as the write, so no record slips in between.
         let deletes: Vec<String> = state
             .collections
@@ -643,12 +653,12 @@ impl UserSync {
 
     /// The user's revision.
     pub fn rev(&self) -> u64 {
-        crate::sync::lock(&self.state).rev
+        lock(&self.state).rev
     }
 
     /// Collection → revision, for those past `since`.
     pub fn collections_since(&self, since: u64) -> Map<String, Value> {
-        crate::sync::lock(&self.state)
+        lock(&self.state)
             .collections
             .iter()
             .filter(|(_, c)| c.rev > since)
@@ -658,7 +668,7 @@ impl UserSync {
 
     /// A collection's revision (0 if it was never written).
     pub fn collection_rev(&self, collection: &str) -> u64 {
-        crate::sync::lock(&self.state)
+        lock(&self.state)
             .collections
             .get(collection)
             .map_or(0, |c| c.rev)
@@ -666,13 +676,13 @@ impl UserSync {
 
     /// Live records and bytes kept (the quota counters).
     pub fn usage(&self) -> (u64, u64) {
-        let state = crate::sync::lock(&self.state);
+        let state = lock(&self.state);
         (state.records, state.bytes)
     }
 
     /// One live record: its wire form and revision.
     pub fn record(&self, collection: &str, id: &str, now_ms: u64) -> Option<(Value, u64)> {
-        let state = crate::sync::lock(&self.state);
+        let state = lock(&self.state);
         let item = state.collections.get(collection)?.items.get(id)?;
         item.live(now_ms).then(|| (item.to_json(id), item.rev))
     }
@@ -687,7 +697,7 @@ impl UserSync {
         limit: usize,
         now_ms: u64,
     ) -> Result<Page, ApiError> {
-        let state = crate::sync::lock(&self.state);
+        let state = lock(&self.state);
         let Some(c) = state.collections.get(collection) else {
             return Ok(Page {
                 records: Vec::new(),
@@ -848,7 +858,7 @@ mod tests {
         delete.puts.clear();
         delete.deletes.push("x".into());
         drop(sync.write(user, delete, Condition::None, None, &limits, &journal));
-        crate::sync::lock(&sync.state).purge(u64::MAX, 0);
+        lock(&sync.state).purge(u64::MAX, 0);
 
         let pieces = sync.image(500);
         assert!(pieces.len() > 5, "{} pieces", pieces.len());
@@ -936,7 +946,7 @@ mod tests {
             vec![json!({"id": "b", "rev": 3, "deleted": true})]
         );
         // The tombstone goes after its ttl, and only it: the live record stays.
-        let purged = crate::sync::lock(&sync.state).purge(40 + 1000, 1000);
+        let purged = lock(&sync.state).purge(40 + 1000, 1000);
         assert_eq!(purged[0].removed, vec![("b".to_owned(), 3)]);
         assert_eq!(sync.read("c", 0, None, 10, 0).unwrap().records.len(), 1);
         assert!(matches!(
