@@ -1285,3 +1285,53 @@ async fn bodies_past_the_sync_limits_or_of_another_type_are_refused() {
     let info = call(&mut client, Method::GET, "/1/info/collections", &[], None).await;
     assert_eq!(info.body, json!({}));
 }
+
+#[tokio::test]
+async fn snapshots_taken_while_devices_write_lose_nothing() {
+    let server = TestServer::start().await;
+    let owner = server.owner("busy-sync").await;
+    let addr = server.addr;
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let token = owner.token.clone();
+        writers.push(tokio::spawn(async move {
+            let mut http = HttpClient::new(addr);
+            let mut answered = Vec::new();
+            for i in 0..30 {
+                let (path, body) = if i % 3 == 2 {
+                    let batch = json!([{"id": format!("w{w}-b{i}"), "payload": "b"}, {"id": format!("w{w}-c{i}"), "payload": "c"}]);
+                    (format!("/1/storage/c{w}"), batch)
+                } else {
+                    (format!("/1/storage/c{w}/w{w}-{i}"), json!({"payload": format!("{w}/{i}")}))
+                };
+                let method = if i % 3 == 2 { Method::POST } else { Method::PUT };
+                let (status, reply) = http.json(method, &path, Some(&token), Some(&body)).await.unwrap();
+                assert_eq!(status, StatusCode::OK, "{reply}");
+                answered.push(reply["rev"].as_u64().unwrap());
+            }
+            answered
+        }));
+    }
+    for _ in 0..5 {
+        server.gateway.snapshot().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let mut revisions = Vec::new();
+    for writer in writers {
+        revisions.extend(writer.await.unwrap());
+    }
+    revisions.sort_unstable();
+    // Every write took its own revision, 1 to 120, none shared between two requests.
+    assert_eq!(revisions, (1..=120).collect::<Vec<u64>>());
+    let before = snapshot_of(as_owner(&server, &owner)).await;
+    let copy = crash_copy(server.dir.path());
+    drop(server);
+    let server = TestServer::start_in(copy, |_| {}).await;
+    let owner =
+        OwnerClient::sign_in_with(server.http(), "busy-sync@example.com", support::PASSWORD)
+            .await
+            .unwrap();
+    let after = snapshot_of(as_owner(&server, &owner)).await;
+    assert_eq!(after, before);
+    assert_eq!(after.1["records"], 4 * (20 + 20));
+}
