@@ -20,6 +20,7 @@ use serde_json::json;
 use wheresmyfox::Config;
 use wheresmyfox::accounts::Accounts;
 use wheresmyfox::config::FsyncPolicy;
+use wheresmyfox::datasync::SyncStore;
 use wheresmyfox::device::{DeviceData, Fix, Storage};
 use wheresmyfox::ids::{DeviceId, UserId};
 use wheresmyfox::protocol::{CommandSet, Position};
@@ -107,6 +108,7 @@ fn main() {
         2,
         &accounts,
         &registry,
+        &SyncStore::default(),
         &sealer,
         &config.devices,
     )
@@ -131,8 +133,15 @@ fn main() {
         let data_dir = DataDir::lock(dir.path()).unwrap();
         let accounts = Accounts::new(24);
         let registry = Registry::default();
-        let result =
-            store::recover(&data_dir, &restart_config, &accounts, &registry, &sealer).unwrap();
+        let result = store::recover(
+            &data_dir,
+            &restart_config,
+            &accounts,
+            &registry,
+            &SyncStore::default(),
+            &sealer,
+        )
+        .unwrap();
         assert_eq!(registry.len(), options.devices);
         result
     };
@@ -193,8 +202,15 @@ fn fresh_store(policy: FsyncPolicy, devices: usize) -> Fresh {
     let data_dir = DataDir::lock(dir.path()).unwrap();
     let accounts = Arc::new(Accounts::new(24));
     let registry = Arc::new(Registry::default());
-    let (journal, _) =
-        store::recover(&data_dir, &config, &accounts, &registry, &Sealer::new(None)).unwrap();
+    let (journal, _) = store::recover(
+        &data_dir,
+        &config,
+        &accounts,
+        &registry,
+        &SyncStore::default(),
+        &Sealer::new(None),
+    )
+    .unwrap();
     let owner = UserId::random();
     for i in 0..devices {
         let data = DeviceData::new(
@@ -292,8 +308,16 @@ async fn wake_latency(
             let mut generation = 100;
             while !stop.load(Ordering::Relaxed) {
                 generation += 1;
-                store::write_snapshot(&path, generation, &accounts, &registry, &sealer, &limits)
-                    .unwrap();
+                store::write_snapshot(
+                    &path,
+                    generation,
+                    &accounts,
+                    &registry,
+                    &SyncStore::default(),
+                    &sealer,
+                    &limits,
+                )
+                .unwrap();
                 let _ = std::fs::remove_file(
                     path.join(format!("snapshot-{:016}.wmfs", generation - 1)),
                 );

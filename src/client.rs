@@ -527,7 +527,7 @@ impl DeviceClient {
     }
 }
 
-fn verify_answer(
+pub(crate) fn verify_answer(
     request: &hawk::Request<'_>,
     header: &Header,
     credentials: &Credentials,

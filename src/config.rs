@@ -29,6 +29,7 @@ pub struct Config {
     pub push: PushConfig,
     pub web: WebConfig,
     pub oidc: OidcConfig,
+    pub sync: SyncConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -248,6 +249,32 @@ pub struct OidcConfig {
     pub redirect_url: String,
 }
 
+/// Data sync (`/1/storage`, `/1/info`, `/1/changes`): limits, quotas, tombstones, feeds.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Largest payload of one record, in bytes (past it: 413).
+    pub max_record_bytes: usize,
+    /// Most records in one `POST` batch.
+    pub max_post_records: usize,
+    /// Most payload bytes in one `POST` batch.
+    pub max_post_bytes: usize,
+    /// Most live records one user may keep (past it: 507).
+    pub max_user_records: u64,
+    /// Most payload and id bytes one user may keep (past it: 507).
+    pub max_user_bytes: u64,
+    /// How long a tombstone is kept after a delete, in seconds.
+    pub tombstone_ttl_secs: u64,
+    /// Seconds between purges of old tombstones and expired records.
+    pub purge_interval_secs: u64,
+    /// Default and longest `wait` of a change feed, in seconds.
+    pub feed_wait_secs: u64,
+    /// Most change feeds one user may have parked at once (past it: 429).
+    pub max_feeds_per_user: usize,
+    /// Most change feeds parked on the whole server (past it: 503 with Retry-After).
+    pub max_feeds: usize,
+}
+
 /// A configuration that cannot be used, with the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -371,6 +398,24 @@ impl Default for LimitsConfig {
             commands_owner_burst: 60,
             commands_owner_per_minute: 60,
             max_keys: 100_000,
+        }
+    }
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            max_record_bytes: 256 * 1024,
+            max_post_records: 100,
+            max_post_bytes: 2 * 1024 * 1024,
+            max_user_records: 100_000,
+            max_user_bytes: 256 * 1024 * 1024,
+            tombstone_ttl_secs: 30 * 24 * 3600,
+            purge_interval_secs: 300,
+            // Under the 60 s read timeout of most proxies, like poll.wait_secs.
+            feed_wait_secs: 50,
+            max_feeds_per_user: 16,
+            max_feeds: 10_000,
         }
     }
 }
@@ -804,6 +849,58 @@ impl Config {
                 "must be at most 600",
             )?;
         }
+        check(
+            (16..=2 * 1024 * 1024).contains(&self.sync.max_record_bytes),
+            "sync.max_record_bytes",
+            "must be from 16 bytes to 2 MiB",
+        )?;
+        check(
+            (1..=10_000).contains(&self.sync.max_post_records),
+            "sync.max_post_records",
+            "must be from 1 to 10000",
+        )?;
+        check(
+            self.sync.max_post_bytes >= self.sync.max_record_bytes
+                && self.sync.max_post_bytes <= 2 * 1024 * 1024,
+            "sync.max_post_bytes",
+            "must be at least sync.max_record_bytes and at most 2 MiB (a batch is one journal \
+             record, which must stay under 16 MiB even if JSON escaping grows it sixfold)",
+        )?;
+        check(
+            self.sync.max_user_records >= 1,
+            "sync.max_user_records",
+            "must be at least 1",
+        )?;
+        check(
+            self.sync.max_user_bytes >= self.sync.max_record_bytes as u64,
+            "sync.max_user_bytes",
+            "must be at least sync.max_record_bytes",
+        )?;
+        check(
+            self.sync.tombstone_ttl_secs >= 60,
+            "sync.tombstone_ttl_secs",
+            "must be at least 60",
+        )?;
+        check(
+            (1..=86_400).contains(&self.sync.purge_interval_secs),
+            "sync.purge_interval_secs",
+            "must be from 1 to 86400",
+        )?;
+        check(
+            (1..=3600).contains(&self.sync.feed_wait_secs),
+            "sync.feed_wait_secs",
+            "must be from 1 to 3600",
+        )?;
+        check(
+            (1..=1000).contains(&self.sync.max_feeds_per_user),
+            "sync.max_feeds_per_user",
+            "must be from 1 to 1000",
+        )?;
+        check(
+            (1..=1_000_000).contains(&self.sync.max_feeds),
+            "sync.max_feeds",
+            "must be from 1 to 1000000",
+        )?;
         check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
             "log.level",

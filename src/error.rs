@@ -83,6 +83,26 @@ pub enum ApiError {
     OidcUnavailable,
     #[error("signing in with the identity provider failed: {0}")]
     OidcLogin(String),
+    #[error("the revision changed: it is now {current} (read it again, merge, and retry)")]
+    SyncRevisionChanged { current: u64 },
+    #[error("the record already exists, at revision {current} (If-None-Match: * creates only)")]
+    SyncRecordExists { current: u64 },
+    #[error("a record's payload is larger than the limit of {limit} bytes")]
+    SyncRecordTooLarge { limit: usize },
+    #[error("the batch is too large: {reason}")]
+    SyncBatchTooLarge { reason: String },
+    #[error("the batch was not applied: {count} record(s) are invalid (see failed)")]
+    SyncBatchRejected { count: usize },
+    #[error("over quota: {reason}")]
+    SyncOverQuota { reason: String },
+    #[error(
+        "changes before revision {horizon} have been purged: read the collection again from since=0"
+    )]
+    SyncHistoryPurged { horizon: u64 },
+    #[error("too many change feeds open for this account (at most {max}): close one first")]
+    SyncTooManyFeeds { max: usize },
+    #[error("the server holds as many change feeds as it can: try again shortly")]
+    SyncFeedsFull,
 }
 
 // === ApiError ===
@@ -116,6 +136,13 @@ impl ApiError {
             OidcToken(_) => StatusCode::UNAUTHORIZED,
             OidcUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             OidcLogin(_) => StatusCode::BAD_REQUEST,
+            SyncRevisionChanged { .. } | SyncRecordExists { .. } => StatusCode::PRECONDITION_FAILED,
+            SyncRecordTooLarge { .. } | SyncBatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            SyncBatchRejected { .. } => StatusCode::BAD_REQUEST,
+            SyncOverQuota { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            SyncHistoryPurged { .. } => StatusCode::GONE,
+            SyncTooManyFeeds { .. } => StatusCode::TOO_MANY_REQUESTS,
+            SyncFeedsFull => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -154,6 +181,15 @@ impl ApiError {
             OidcToken(_) => 203,
             OidcUnavailable => 204,
             OidcLogin(_) => 205,
+            SyncRevisionChanged { .. } => 300,
+            SyncRecordExists { .. } => 301,
+            SyncRecordTooLarge { .. } => 302,
+            SyncBatchTooLarge { .. } => 303,
+            SyncBatchRejected { .. } => 304,
+            SyncOverQuota { .. } => 305,
+            SyncHistoryPurged { .. } => 306,
+            SyncTooManyFeeds { .. } => 307,
+            SyncFeedsFull => 308,
         }
     }
 

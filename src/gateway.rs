@@ -11,6 +11,7 @@ use tracing::{error, info};
 use crate::accounts::Accounts;
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::datasync::SyncStore;
 use crate::device::Storage;
 use crate::metrics::Metrics;
 use crate::outbound::{Resolve, SystemResolver};
@@ -26,6 +27,8 @@ pub struct Gateway {
     pub config: Config,
     pub accounts: Arc<Accounts>,
     pub registry: Arc<Registry>,
+    /// Every user's synced collections.
+    pub sync: Arc<SyncStore>,
     /// Every change is appended here before it is answered.
     pub journal: Journal,
     /// Seals device secrets written to disk.
@@ -86,8 +89,10 @@ impl Gateway {
         let data = Arc::new(DataDir::lock(&config.server.data_dir)?);
         let accounts = Arc::new(Accounts::new(config.accounts.token_ttl_hours));
         let registry = Arc::new(Registry::default());
+        let sync = Arc::new(SyncStore::default());
         let sealer = Arc::new(Sealer::new(config.seal_key().as_deref()));
-        let (journal, recovered) = store::recover(&data, &config, &accounts, &registry, &sealer)?;
+        let (journal, recovered) =
+            store::recover(&data, &config, &accounts, &registry, &sync, &sealer)?;
         info!(
             snapshot = ?recovered.snapshot,
             journals = recovered.journals.len(),
@@ -104,6 +109,7 @@ impl Gateway {
             config,
             accounts,
             registry,
+            sync,
             journal,
             sealer,
             data,
@@ -150,6 +156,7 @@ impl Gateway {
             &self.journal,
             &self.accounts,
             &self.registry,
+            &self.sync,
             &self.sealer,
             &self.config.devices,
         )
@@ -216,7 +223,28 @@ impl Gateway {
                 }
             })
         };
-        Maintenance(vec![sweeper, snapshotter])
+        let purger = {
+            let gateway = Arc::downgrade(self);
+            let every = Duration::from_secs(self.config.sync.purge_interval_secs);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(gateway) = gateway.upgrade() else {
+                        return;
+                    };
+                    gateway.purge_sync();
+                }
+            })
+        };
+        Maintenance(vec![sweeper, snapshotter, purger])
+    }
+
+    /// Removes old sync tombstones and expired sync records (journaled); how many went.
+    pub fn purge_sync(&self) -> usize {
+        self.sync
+            .purge_all(now_ms(), &self.config.sync, &self.journal)
     }
 
     /// One sweep: devices gone silent are shown offline, expired tokens and refilled rate-limit

@@ -32,12 +32,15 @@
 //! - [`websession`]: browser sessions (cookie digests, idle and absolute expiry, CSRF tokens);
 //!   the page itself and its routes are in `service::web`.
 //! - [`oidc`]: an OpenID Connect provider's tokens (JWKS, RS256/ES256) and its sign-in flow.
+//! - [`datasync`]: per-user synced collections (revisions, tombstones, change feeds) and the
+//!   client that encrypts them; served by `service::sync`.
 
 pub mod accounts;
 pub mod admin;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod datasync;
 pub mod device;
 pub mod error;
 pub mod forwarded;

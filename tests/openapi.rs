@@ -53,8 +53,8 @@ fn documented_as(route: &Route) -> Option<(Method, &'static str)> {
         Route::Web(WebRoute::Erase(_)) => (Method::POST, "/1/devices/{id}/erase"),
         // The device side is Hawk-signed and described in docs/protocol.md; the page, its
         // cookie session and the identity provider's redirects are for browsers (docs/web.md,
-        // docs/identity.md).
-        Route::DeviceExchange(_) | Route::Web(_) => return None,
+        // docs/identity.md); data sync has its own reference (docs/sync.md).
+        Route::DeviceExchange(_) | Route::Web(_) | Route::Sync(_) => return None,
     })
 }
 

@@ -59,7 +59,23 @@ where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<BoxError>,
 {
-    verify_signed(parts, body, gateway, path_id)
+    let limit = gateway.config.server.max_body_bytes;
+    verify_limited(parts, body, gateway, path_id, limit).await
+}
+
+/// [`verify`] with another body size limit than `server.max_body_bytes` (sync batches).
+pub async fn verify_limited<B>(
+    parts: &http::request::Parts,
+    body: B,
+    gateway: &Gateway,
+    path_id: Option<&str>,
+    body_limit: usize,
+) -> Result<Verified, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    verify_signed(parts, body, gateway, path_id, body_limit)
         .await
         .inspect_err(|error| {
             let failure = match error {
@@ -79,6 +95,7 @@ async fn verify_signed<B>(
     body: B,
     gateway: &Gateway,
     path_id: Option<&str>,
+    body_limit: usize,
 ) -> Result<Verified, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
@@ -107,7 +124,7 @@ where
         .and_then(|id| gateway.registry.get(&id))
         .ok_or(ApiError::UnknownDevice)?;
     let key = device.key().ok_or(ApiError::UnknownDevice)?;
-    let body = collect_body(body, &parts.headers, config.server.max_body_bytes).await?;
+    let body = collect_body(body, &parts.headers, body_limit).await?;
     let (host, port) = match config.public_authority() {
         Some(public) => public,
         None => authority(parts)?,
@@ -166,6 +183,11 @@ impl Signer {
     /// A JSON answer, signed with `Server-Authorization`.
     pub fn answer(&self, status: StatusCode, value: &Value) -> Response<Body> {
         let bytes = Bytes::from(serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()));
+        self.answer_bytes(status, bytes)
+    }
+
+    /// An answer of JSON bytes (empty for a 304), signed with `Server-Authorization`.
+    pub fn answer_bytes(&self, status: StatusCode, bytes: Bytes) -> Response<Body> {
         let signed = Signed {
             method: self.method.as_str(),
             host: &self.host,

@@ -35,6 +35,7 @@ pub mod body;
 pub mod device_auth;
 pub mod ops;
 pub mod respond;
+pub mod sync;
 pub mod web;
 
 use device_auth::{Signer, Verified};
@@ -78,6 +79,8 @@ pub enum Route {
     Version,
     /// The owner's web page and its browser sessions (see [`web`]).
     Web(web::WebRoute),
+    /// Data sync: `/1/storage…`, `/1/info/…`, `/1/changes` (see `sync`).
+    Sync(sync::SyncRoute),
 }
 
 // === Routing ===
@@ -143,6 +146,9 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
             } else {
                 wrong("GET")
             }
+        }
+        ["1", "storage" | "info" | "changes", ..] => {
+            sync::route(method, &segments).map(Route::Sync)
         }
         ["__heartbeat__"] => {
             if is(&Method::GET) {
@@ -249,6 +255,7 @@ where
         Route::Metrics => Ok(ops::metrics(gateway)),
         Route::Version => Ok(ops::version()),
         Route::Web(route) => web::dispatch(route, request, gateway, client).await,
+        Route::Sync(route) => Ok(sync::handle(route, request, gateway).await),
         Route::CreateAccount => {
             limit_address(gateway, client)?;
             let body = read_json(request, gateway).await?;

@@ -38,6 +38,7 @@ pub use journal::{Commit, Durability, Journal};
 
 use crate::accounts::Accounts;
 use crate::config::{Config, DevicesConfig};
+use crate::datasync::SyncStore;
 use crate::registry::Registry;
 use record::{DeviceChange, Record, SnapshotEntry};
 use seal::Sealer;
@@ -232,9 +233,15 @@ pub fn recover(
     config: &Config,
     accounts: &Accounts,
     registry: &Registry,
+    sync: &SyncStore,
     sealer: &Sealer,
 ) -> Result<(Journal, Recovered), StoreError> {
-    let mut recovered = recover_state(&dir.path, config, accounts, registry, sealer, true)?;
+    let state = State {
+        accounts,
+        registry,
+        sync,
+    };
+    let mut recovered = recover_state(&dir.path, config, &state, sealer, true)?;
     let last = generations(&dir.path, "journal-", ".wmfj").map_err(io(&dir.path))?;
     let (file, path, len) = match last.last().filter(|g| **g >= recovered.generation) {
         Some(&generation) => {
@@ -257,12 +264,18 @@ pub fn recover(
     Ok((Journal::start(file, path, len, &config.storage), recovered))
 }
 
+/// What recovery fills in.
+struct State<'a> {
+    accounts: &'a Accounts,
+    registry: &'a Registry,
+    sync: &'a SyncStore,
+}
+
 /// The read side of recovery, shared with `check-data` (which passes `repair_torn: false`).
 fn recover_state(
     dir: &Path,
     config: &Config,
-    accounts: &Accounts,
-    registry: &Registry,
+    state: &State<'_>,
     sealer: &Sealer,
     repair_torn: bool,
 ) -> Result<Recovered, StoreError> {
@@ -270,17 +283,15 @@ fn recover_state(
     let snapshots = generations(dir, "snapshot-", ".wmfs").map_err(io(dir))?;
     if let Some(&generation) = snapshots.last() {
         let path = snapshot_path(dir, generation);
-        load_snapshot(&path, accounts, registry, sealer, config).map_err(
-            |reason| match reason {
-                LoadError::Store(e) => e,
-                LoadError::Damaged(reason) => StoreError::DamagedSnapshot {
-                    path: path.clone(),
-                    dir: dir.to_owned(),
-                    reason,
-                    fallback: fallback_note(dir, &snapshots),
-                },
+        load_snapshot(&path, state, sealer, config).map_err(|reason| match reason {
+            LoadError::Store(e) => e,
+            LoadError::Damaged(reason) => StoreError::DamagedSnapshot {
+                path: path.clone(),
+                dir: dir.to_owned(),
+                reason,
+                fallback: fallback_note(dir, &snapshots),
             },
-        )?;
+        })?;
         recovered.snapshot = Some(path);
         recovered.generation = generation;
     }
@@ -326,7 +337,7 @@ fn recover_state(
                 }
                 match serde_json::from_slice::<Record>(payload) {
                     Ok(record) => {
-                        if let Err(e) = replay(&record, accounts, registry, sealer, config) {
+                        if let Err(e) = replay(&record, state, sealer, config) {
                             failure = Some(Err(e));
                         } else {
                             recovered.records += 1;
@@ -383,8 +394,7 @@ enum LoadError {
 
 fn load_snapshot(
     path: &Path,
-    accounts: &Accounts,
-    registry: &Registry,
+    state: &State<'_>,
     sealer: &Sealer,
     config: &Config,
 ) -> Result<(), LoadError> {
@@ -408,7 +418,7 @@ fn load_snapshot(
                 Ok(SnapshotEntry::End { entries }) => ended = Some(entries),
                 Ok(entry) => {
                     count += 1;
-                    if let Err(e) = restore(entry, accounts, registry, sealer, config) {
+                    if let Err(e) = restore(entry, state, sealer, config) {
                         failure = Some(LoadError::Store(e));
                     }
                 }
@@ -439,11 +449,13 @@ fn load_snapshot(
 
 fn restore(
     entry: SnapshotEntry,
-    accounts: &Accounts,
-    registry: &Registry,
+    state: &State<'_>,
     sealer: &Sealer,
     config: &Config,
 ) -> Result<(), StoreError> {
+    let State {
+        accounts, registry, ..
+    } = state;
     match entry {
         SnapshotEntry::Account {
             user,
@@ -483,6 +495,7 @@ fn restore(
             created_ms,
             last_used_ms,
         }),
+        SnapshotEntry::SyncUser { user, state: image } => state.sync.restore(user, *image),
         SnapshotEntry::End { .. } => {}
     }
     Ok(())
@@ -490,11 +503,13 @@ fn restore(
 
 fn replay(
     record: &Record,
-    accounts: &Accounts,
-    registry: &Registry,
+    state: &State<'_>,
     sealer: &Sealer,
     config: &Config,
 ) -> Result<(), StoreError> {
+    let State {
+        accounts, registry, ..
+    } = state;
     match record {
         Record::AccountCreated {
             user,
@@ -556,6 +571,8 @@ fn replay(
                 }
             }
         },
+        Record::SyncWrite { user, rev, write } => state.sync.replay_write(*user, *rev, write),
+        Record::SyncPurged { user, purge } => state.sync.replay_purge(*user, purge),
     }
     Ok(())
 }
@@ -568,6 +585,8 @@ pub struct SnapshotStats {
     pub generation: u64,
     pub devices: u64,
     pub accounts: u64,
+    /// Users with sync data.
+    pub sync_users: u64,
     pub bytes: u64,
     pub millis: u64,
 }
@@ -579,6 +598,7 @@ pub async fn snapshot(
     journal: &Journal,
     accounts: &Arc<Accounts>,
     registry: &Arc<Registry>,
+    sync: &Arc<SyncStore>,
     sealer: &Arc<Sealer>,
     limits: &DevicesConfig,
 ) -> std::io::Result<SnapshotStats> {
@@ -589,16 +609,17 @@ pub async fn snapshot(
         .rotate(journal_path(&dir.path, generation), generation)
         .await?;
     dir.generation.store(generation, Ordering::Relaxed);
-    let (dir2, accounts, registry, sealer, limits) = (
+    let (dir2, accounts, registry, sync, sealer, limits) = (
         dir.clone(),
         accounts.clone(),
         registry.clone(),
+        sync.clone(),
         sealer.clone(),
         limits.clone(),
     );
     let mut stats = tokio::task::spawn_blocking(move || {
         write_snapshot(
-            &dir2.path, generation, &accounts, &registry, &sealer, &limits,
+            &dir2.path, generation, &accounts, &registry, &sync, &sealer, &limits,
         )
     })
     .await
@@ -621,6 +642,7 @@ pub fn write_snapshot(
     generation: u64,
     accounts: &Accounts,
     registry: &Registry,
+    sync: &SyncStore,
     sealer: &Sealer,
     limits: &DevicesConfig,
 ) -> std::io::Result<SnapshotStats> {
@@ -705,6 +727,23 @@ pub fn write_snapshot(
         entries += 1;
         stats.devices += 1;
     }
+    // Each user is copied under their lock: a consistent state at one revision, which
+    // replay of the new journal then moves forward (writes at or below it are skipped).
+    for (user, data) in sync.users() {
+        // 2 MiB of ids and payloads: even if JSON escaping grew every byte sixfold, a frame
+        // stays under `frame::MAX_PAYLOAD`.
+        for piece in data.image(2 * 1024 * 1024) {
+            put(
+                &mut out,
+                &SnapshotEntry::SyncUser {
+                    user,
+                    state: Box::new(piece),
+                },
+            )?;
+            entries += 1;
+        }
+        stats.sync_users += 1;
+    }
     put(&mut out, &SnapshotEntry::End { entries })?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
@@ -739,14 +778,12 @@ fn prune(dir: &Path) -> std::io::Result<()> {
 /// Reads everything in the data directory without changing it; the report for `check-data`.
 pub fn check(config: &Config, sealer: &Sealer) -> Result<Recovered, StoreError> {
     let dir = DataDir::lock(&config.server.data_dir)?;
-    recover_state(
-        &dir.path,
-        config,
-        &Accounts::new(config.accounts.token_ttl_hours),
-        &Registry::default(),
-        sealer,
-        false,
-    )
+    let state = State {
+        accounts: &Accounts::new(config.accounts.token_ttl_hours),
+        registry: &Registry::default(),
+        sync: &SyncStore::default(),
+    };
+    recover_state(&dir.path, config, &state, sealer, false)
 }
 
 /// Fixes what stops start-up: sets a damaged newest snapshot aside, or cuts a damaged journal

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::datasync::{Purge, UserState, Write};
 use crate::device::{DeviceData, Fix};
 use crate::ids::{DeviceId, UserId};
 use crate::protocol::Kind;
@@ -59,6 +60,20 @@ pub enum Record {
         /// The device's version after this change.
         v: u64,
         change: DeviceChange,
+    },
+    /// A sync write (one record or a batch) of `user`, at revision `rev`. Payloads are
+    /// whatever the client sent: ciphertext, for the sync client.
+    SyncWrite {
+        user: UserId,
+        rev: u64,
+        #[serde(flatten)]
+        write: Write,
+    },
+    /// Old tombstones and expired records removed from one of `user`'s collections.
+    SyncPurged {
+        user: UserId,
+        #[serde(flatten)]
+        purge: Purge,
     },
 }
 
@@ -151,6 +166,12 @@ pub enum SnapshotEntry {
         user: UserId,
         created_ms: u64,
         last_used_ms: u64,
+    },
+    /// One user's sync data.
+    SyncUser {
+        user: UserId,
+        #[serde(flatten)]
+        state: Box<UserState>,
     },
     /// The last entry: how many came before it. A snapshot without it is incomplete.
     End { entries: u64 },
