@@ -26,7 +26,8 @@
 //! - [`forwarded`]: the real client address (and scheme and host) behind trusted proxies; pure.
 //! - [`metrics`]: counters and histograms, rendered for Prometheus at `/metrics`.
 //! - [`admin`]: the operator's admin socket (`wheresmyfox user add`).
-//! - [`ratelimit`]: keyed limits against password guessing and command flooding.
+//! - [`ratelimit`]: keyed limits against password guessing and command flooding; [`cidr`]:
+//!   the IP networks the config names (trusted proxies, reachable push networks).
 //! - [`push`]: waking devices with no poll parked through their push URL, over [`outbound`],
 //!   the HTTP client that refuses internal destinations.
 //! - [`websession`]: browser sessions (cookie digests, idle and absolute expiry, CSRF tokens);
@@ -37,6 +38,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod cidr;
 pub mod client;
 pub mod clock;
 pub mod config;
