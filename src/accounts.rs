@@ -388,11 +388,13 @@ impl Accounts {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, as digests are stored.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<[u8; 32]> {
+/// A stored digest back to bytes; `None` unless 64 hex digits.
+pub(crate) fn unhex(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 {
         return None;
     }
@@ -403,7 +405,8 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn token_digest(token: &str) -> [u8; 32] {
+/// The SHA-256 kept in place of a bearer or session token.
+pub(crate) fn token_digest(token: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
     out

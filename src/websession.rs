@@ -16,6 +16,7 @@ use dashmap::DashMap;
 use rand::RngCore;
 use ring::digest::{SHA256, digest};
 
+use crate::accounts::{hex, token_digest, unhex};
 use crate::clock::now_ms;
 use crate::config::WebConfig;
 use crate::error::ApiError;
@@ -68,7 +69,7 @@ impl WebSessions {
         let mut raw = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut raw);
         let token = URL_SAFE_NO_PAD.encode(raw);
-        let key = session_digest(&token);
+        let key = token_digest(&token);
         let now = now_ms();
         let commit = journal.append(
             &Record::WebSessionOpened {
@@ -101,7 +102,7 @@ impl WebSessions {
         limits: &WebConfig,
         journal: &Journal,
     ) -> Result<UserId, ApiError> {
-        let key = session_digest(token);
+        let key = token_digest(token);
         let now = now_ms();
         let mut session = self.sessions.get_mut(&key).ok_or(ApiError::InvalidToken)?;
         if !session.alive(now, limits) {
@@ -129,7 +130,7 @@ impl WebSessions {
 
     /// Ends a session (sign-out), durably. Unknown tokens are ignored.
     pub fn close(&self, token: &str, journal: &Journal) -> Commit {
-        let key = session_digest(token);
+        let key = token_digest(token);
         match self.sessions.remove(&key) {
             Some(_) => journal.append(
                 &Record::WebSessionClosed { digest: hex(&key) },
@@ -226,27 +227,6 @@ pub fn csrf_matches(session_token: &str, offered: &str) -> bool {
     let expected = digest(&SHA256, csrf_token(session_token).as_bytes());
     let offered = digest(&SHA256, offered.as_bytes());
     expected.as_ref() == offered.as_ref()
-}
-
-fn session_digest(token: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
-    out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]
