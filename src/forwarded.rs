@@ -70,8 +70,6 @@ fn is_trusted(ip: IpAddr, trusted: &[Cidr]) -> bool {
     trusted.iter().any(|cidr| cidr.contains(ip))
 }
 
-/// IPv4 clients of a dual-stack socket appear as `::ffff:a.b.c.d`; compare them as IPv4.
-
 /// All values of a header, in order, as one comma-separated list (RFC 9110 §5.3). A value
 /// that is not visible ASCII poisons the whole header: `None`.
 fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
