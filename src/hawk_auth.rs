@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_timestamp_past_the_clock_is_refused_not_a_panic() {
-        // Found by the hawk_header fuzz target: the crate's parser panicked on this.
+        // The crate's parser panicked on this (it adds the seconds to the epoch with `+`).
         let header = "Hawk id=\"d\", ts=\"18446744073709551615\", nonce=\"n\", \
                       hash=\"AAAA\", mac=\"AAAA\"";
         assert!(matches!(
