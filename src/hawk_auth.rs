@@ -55,6 +55,9 @@ pub fn parse_authorization(value: &str) -> Result<Header, ApiError> {
     let rest = value
         .strip_prefix("Hawk ")
         .ok_or(ApiError::HawkHeader("the scheme must be Hawk"))?;
+    if !timestamps_fit(rest) {
+        return Err(ApiError::HawkHeader("ts is out of range"));
+    }
     let header = Header::from_str(rest).map_err(|_| ApiError::HawkHeader("cannot parse it"))?;
     if header.id.is_none() || header.ts.is_none() || header.nonce.is_none() || header.mac.is_none()
     {
@@ -64,6 +67,28 @@ pub fn parse_authorization(value: &str) -> Result<Header, ApiError> {
         return Err(ApiError::HawkHeader("the payload hash is required"));
     }
     Ok(header)
+}
+
+/// Whether every `ts` attribute of a Hawk header's attribute list is a time the clock can hold.
+///
+/// Why: the `hawk` crate adds the parsed seconds to the Unix epoch with `+`, which panics for
+/// values past what `SystemTime` holds (above `i64::MAX` seconds on Linux), and any client can
+/// send `ts="18446744073709551615"`. Attribute values are quoted and cannot contain a quote, so
+/// splitting on `"` alternates between `name=` parts and values, exactly as the crate reads them;
+/// where the list is malformed the crate refuses it anyway, so erring towards `true` is safe.
+pub fn timestamps_fit(attributes: &str) -> bool {
+    let mut parts = attributes.split('"');
+    while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+        let name = name.trim_end().strip_suffix('=').unwrap_or(name);
+        let name = name.trim_matches(|c: char| c == ',' || c.is_whitespace());
+        if name == "ts"
+            && let Ok(secs) = u64::from_str(value)
+            && UNIX_EPOCH.checked_add(Duration::from_secs(secs)).is_none()
+        {
+            return false;
+        }
+    }
+    true
 }
 
 /// The key for a device secret: the secret's bytes, used verbatim, with HMAC-SHA256.
@@ -250,6 +275,24 @@ mod tests {
         // The very first nonce was evicted long ago, but its replay is still refused.
         assert!(!cache.check_and_insert(now, "a", now, 120, 4));
         assert!(!cache.check_and_insert(now + 1, "n0", now, 120, 4));
+    }
+
+    #[test]
+    fn a_timestamp_past_the_clock_is_refused_not_a_panic() {
+        // The crate's parser panicked on this (it adds the seconds to the epoch with `+`).
+        let header = "Hawk id=\"d\", ts=\"18446744073709551615\", nonce=\"n\", \
+                      hash=\"AAAA\", mac=\"AAAA\"";
+        assert!(matches!(
+            parse_authorization(header),
+            Err(ApiError::HawkHeader("ts is out of range"))
+        ));
+        // Spacing and separators the crate tolerates do not hide it.
+        assert!(!timestamps_fit(" ,ts =  \"9223372036854775808\""));
+        // The largest representable values still parse (and are then refused as stale).
+        let ok = "Hawk id=\"d\", ts=\"9223372036854775807\", nonce=\"n\", \
+                  hash=\"AAAA\", mac=\"AAAA\"";
+        assert!(parse_authorization(ok).is_ok());
+        assert!(timestamps_fit("ext=\"ts=\", ts=\"1353832234\""));
     }
 
     #[test]

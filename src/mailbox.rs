@@ -13,6 +13,10 @@
 //!   notification that races with a poll about to park is never lost.
 //! - A [`Parked`] that is dropped before completing deregisters itself, so the mailbox never
 //!   points at a poll whose client has gone away.
+//! - A notification is never spent on a poll that does not see it: one that lands on a poll
+//!   being dropped (timed out, or its client went away, in the same instant) is passed on to
+//!   the poll parked now, or left as a permit. Without this, a device's newer poll that read
+//!   the queue just before the command landed would wait out its whole timeout.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -53,6 +57,10 @@ struct Slot {
 struct SlotState {
     outcome: Option<Wake>,
     waker: Option<Waker>,
+    /// The poll returned `outcome` to its owner.
+    seen: bool,
+    /// The poll was dropped: completing it now would deliver to no one.
+    abandoned: bool,
 }
 
 /// A parked poll: a future that resolves when the mailbox is notified or the poll superseded.
@@ -73,19 +81,23 @@ impl Mailbox {
     ///
     /// Returns `true` when a parked poll was woken.
     pub fn notify(&self) -> bool {
-        let slot = {
-            let mut state = lock(&self.state);
-            match state.parked.take() {
-                Some(slot) => slot,
-                None => {
-                    state.permit = true;
-                    return false;
+        loop {
+            let slot = {
+                let mut state = lock(&self.state);
+                match state.parked.take() {
+                    Some(slot) => slot,
+                    None => {
+                        state.permit = true;
+                        return false;
+                    }
                 }
+            };
+            // Completed outside the mailbox lock: the waker may run the poll's task inline.
+            if slot.complete(Wake::Notified) {
+                return true;
             }
-        };
-        // Completed outside the mailbox lock: the waker may run the poll's task inline.
-        slot.complete(Wake::Notified);
-        true
+            // Its poll was dropped after we took it: look again (a newer poll, or a permit).
+        }
     }
 
     /// Registers a new parked poll, superseding any earlier one.
@@ -131,11 +143,15 @@ impl Mailbox {
 // === Slot ===
 
 impl Slot {
-    fn complete(&self, wake: Wake) {
+    /// Completes the poll; `false` if it was dropped, so nobody will see `wake`.
+    fn complete(&self, wake: Wake) -> bool {
         let waker = {
             let mut inner = lock(&self.inner);
+            if inner.abandoned {
+                return false;
+            }
             if inner.outcome.is_some() {
-                return;
+                return true;
             }
             inner.outcome = Some(wake);
             inner.waker.take()
@@ -143,6 +159,7 @@ impl Slot {
         if let Some(waker) = waker {
             waker.wake();
         }
+        true
     }
 }
 
@@ -154,7 +171,10 @@ impl Future for Parked<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Wake> {
         let mut inner = lock(&self.slot.inner);
         match inner.outcome {
-            Some(wake) => Poll::Ready(wake),
+            Some(wake) => {
+                inner.seen = true;
+                Poll::Ready(wake)
+            }
             None => {
                 match &inner.waker {
                     Some(waker) if waker.will_wake(cx.waker()) => {}
@@ -168,18 +188,31 @@ impl Future for Parked<'_> {
 
 impl Drop for Parked<'_> {
     fn drop(&mut self) {
-        let mut state = lock(&self.mailbox.state);
-        if state
-            .parked
-            .as_ref()
-            .is_some_and(|slot| Arc::ptr_eq(slot, &self.slot))
+        // Marked under the slot's lock, which `complete` also takes: a notification either
+        // completed this poll before (and is passed on below) or sees it abandoned and looks
+        // for another poll itself.
+        let unseen = {
+            let mut inner = lock(&self.slot.inner);
+            inner.abandoned = true;
+            inner.outcome == Some(Wake::Notified) && !inner.seen
+        };
         {
-            state.parked = None;
+            let mut state = lock(&self.mailbox.state);
+            if state
+                .parked
+                .as_ref()
+                .is_some_and(|slot| Arc::ptr_eq(slot, &self.slot))
+            {
+                state.parked = None;
+            }
+        }
+        if unseen {
+            self.mailbox.notify();
         }
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(wheresmyfox_loom)))]
 mod tests {
     use super::*;
     use std::task::Waker;
@@ -224,6 +257,37 @@ mod tests {
         assert!(mailbox.is_parked());
         assert!(mailbox.notify());
         assert_eq!(poll_once(&mut second), Poll::Ready(Wake::Notified));
+    }
+
+    #[test]
+    fn a_wake_a_dropped_poll_never_saw_is_passed_on() {
+        let mailbox = Mailbox::default();
+        // The old poll is woken, but its client goes away before it looks.
+        let old = mailbox.park();
+        assert!(mailbox.notify());
+        // The device's next poll read the queue before the command landed, and parks now.
+        let mut next = mailbox.park();
+        assert_eq!(poll_once(&mut next), Poll::Pending);
+        drop(old);
+        assert_eq!(poll_once(&mut next), Poll::Ready(Wake::Notified));
+        drop(next);
+        // A wake that was seen is not passed on again.
+        let mut after = mailbox.park();
+        assert_eq!(poll_once(&mut after), Poll::Pending);
+        drop(after);
+        // With nobody parked, an unseen wake becomes a permit, as a permit unseen stays one.
+        let old = mailbox.park();
+        assert!(mailbox.notify());
+        drop(old);
+        let mut next = mailbox.park();
+        assert_eq!(poll_once(&mut next), Poll::Ready(Wake::Notified));
+        drop(next);
+        // A permit taken by a poll dropped before it looked stays a permit.
+        assert!(!mailbox.notify());
+        drop(mailbox.park());
+        assert!(!mailbox.is_parked());
+        let mut next = mailbox.park();
+        assert_eq!(poll_once(&mut next), Poll::Ready(Wake::Notified));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The concurrency facade used by the park/wake primitive.
 //!
-//! Under `--cfg loom` the locks and reference counts come from `loom`, so the model checker can
-//! explore every interleaving of [`crate::mailbox`]; otherwise they are the standard library's.
+//! Under `--cfg wheresmyfox_loom` the locks and reference counts come from `loom`, so the model
+//! checker can explore every interleaving of [`crate::mailbox`] (see `tests/loom.rs`); otherwise
+//! they are the standard library's. The cfg is not loom's customary `loom`, because tokio reacts
+//! to that one too and leaves out `tokio::net`, without which this crate does not build.
 
-#[cfg(loom)]
+#[cfg(wheresmyfox_loom)]
 pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
-#[cfg(not(loom))]
+#[cfg(not(wheresmyfox_loom))]
 pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Locks `mutex`, ignoring poisoning.

@@ -328,32 +328,24 @@ fn recover_state(
             ));
         }
         let mut failure = None;
-        let ending = frame::read_frames(
+        let decoded = record::decode_frames::<Record>(
             &bytes[frame::HEADER_LEN..],
             frame::HEADER_LEN,
-            |offset, payload| {
+            |_, record| {
                 if failure.is_some() {
                     return;
                 }
-                match serde_json::from_slice::<Record>(payload) {
-                    Ok(record) => {
-                        if let Err(e) = replay(&record, state, sealer, config) {
-                            failure = Some(Err(e));
-                        } else {
-                            recovered.records += 1;
-                        }
-                    }
-                    Err(e) => {
-                        failure = Some(Ok((offset, format!("a record does not decode: {e}"))))
-                    }
+                match replay(&record, state, sealer, config) {
+                    Ok(()) => recovered.records += 1,
+                    Err(e) => failure = Some(e),
                 }
             },
         );
-        match failure {
-            Some(Err(e)) => return Err(e),
-            Some(Ok((offset, reason))) => return Err(damaged(offset, reason)),
-            None => {}
+        if let Some(e) = failure {
+            return Err(e);
         }
+        let ending = decoded
+            .map_err(|e| damaged(e.offset, format!("a record does not decode: {}", e.reason)))?;
         match ending {
             frame::Ending::Clean => {}
             frame::Ending::Torn { offset } if is_last => {
@@ -404,28 +396,23 @@ fn load_snapshot(
     let mut count = 0u64;
     let mut ended = None;
     let mut failure = None;
-    let ending = frame::read_frames(
+    let decoded = record::decode_frames::<SnapshotEntry>(
         &bytes[frame::HEADER_LEN..],
         frame::HEADER_LEN,
-        |offset, payload| {
+        |offset, entry| {
             if failure.is_some() || ended.is_some() {
                 failure.get_or_insert_with(|| {
                     LoadError::Damaged(format!("data after the end marker at byte {offset}"))
                 });
                 return;
             }
-            match serde_json::from_slice::<SnapshotEntry>(payload) {
-                Ok(SnapshotEntry::End { entries }) => ended = Some(entries),
-                Ok(entry) => {
+            match entry {
+                SnapshotEntry::End { entries } => ended = Some(entries),
+                entry => {
                     count += 1;
                     if let Err(e) = restore(entry, state, sealer, config) {
                         failure = Some(LoadError::Store(e));
                     }
-                }
-                Err(e) => {
-                    failure = Some(LoadError::Damaged(format!(
-                        "an entry at byte {offset} does not decode: {e}"
-                    )))
                 }
             }
         },
@@ -433,6 +420,12 @@ fn load_snapshot(
     if let Some(failure) = failure {
         return Err(failure);
     }
+    let ending = decoded.map_err(|e| {
+        LoadError::Damaged(format!(
+            "an entry at byte {} does not decode: {}",
+            e.offset, e.reason
+        ))
+    })?;
     if ending != frame::Ending::Clean {
         return Err(LoadError::Damaged(format!("{ending:?}")));
     }

@@ -5,6 +5,7 @@
 //! without the in-memory details that decided them at the time. Each device record carries the
 //! device's version after the change: replay skips what a snapshot already contains.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -13,6 +14,7 @@ use crate::device::{DeviceData, Fix};
 use crate::ids::{DeviceId, UserId};
 use crate::protocol::Kind;
 use crate::push::PushProtocol;
+use crate::store::frame::{self, Ending};
 use crate::store::seal::StoredSecret;
 
 /// One journal record.
@@ -175,4 +177,81 @@ pub enum SnapshotEntry {
     },
     /// The last entry: how many came before it. A snapshot without it is incomplete.
     End { entries: u64 },
+}
+
+/// A frame whose checksum holds but whose payload is not a record of the expected type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the record at byte {offset} does not decode: {reason}")]
+pub struct UndecodableRecord {
+    /// File offset of the frame.
+    pub offset: usize,
+    /// What the JSON decoder said.
+    pub reason: String,
+}
+
+/// Decodes the frames of a journal or snapshot: `body` is the file after its header, starting at
+/// file offset `base`. Calls `each(offset, record)` for every record, in order, and reports how
+/// the frames ended.
+///
+/// Pure, and total over any bytes: it never panics, and stops at the first good frame whose
+/// payload is not a `T`, because a frame that passed its checksum but does not decode was
+/// written that way (a bug or a format change), which no torn write explains.
+pub fn decode_frames<T: DeserializeOwned>(
+    body: &[u8],
+    base: usize,
+    mut each: impl FnMut(usize, T),
+) -> Result<Ending, UndecodableRecord> {
+    let mut failure = None;
+    let ending = frame::read_frames(body, base, |offset, payload| {
+        if failure.is_some() {
+            return;
+        }
+        match serde_json::from_slice::<T>(payload) {
+            Ok(record) => each(offset, record),
+            Err(e) => {
+                failure = Some(UndecodableRecord {
+                    offset,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    });
+    match failure {
+        Some(failure) => Err(failure),
+        None => Ok(ending),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::frame::encode_frame;
+
+    #[test]
+    fn decodes_records_and_stops_at_one_that_does_not() {
+        let mut body = Vec::new();
+        let first = Record::TokenRevoked {
+            digest: "ab".into(),
+        };
+        encode_frame(&serde_json::to_vec(&first).unwrap(), &mut body);
+        let second_at = 16 + body.len();
+        encode_frame(br#"{"op":"no_such_op"}"#, &mut body);
+        encode_frame(&serde_json::to_vec(&first).unwrap(), &mut body);
+        let mut got = Vec::new();
+        let result =
+            decode_frames::<Record>(&body, 16, |offset, record| got.push((offset, record)));
+        assert_eq!(got, vec![(16, first.clone())]);
+        let error = result.unwrap_err();
+        assert_eq!(error.offset, second_at);
+        assert!(error.reason.contains("no_such_op"), "{}", error.reason);
+
+        let mut body = Vec::new();
+        encode_frame(&serde_json::to_vec(&first).unwrap(), &mut body);
+        encode_frame(b"{\"op\":", &mut body);
+        body.truncate(body.len() - 2);
+        let mut count = 0;
+        let ending = decode_frames::<Record>(&body, 16, |_, _| count += 1).unwrap();
+        assert_eq!(count, 1);
+        assert!(matches!(ending, Ending::Torn { .. }));
+    }
 }
