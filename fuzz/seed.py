@@ -159,9 +159,24 @@ def store_seeds():
     write("store_decoder", "snapshot", b"\x01" + data_file(b"WMFS", snapshot))
 
 
+def forwarded_seeds():
+    # First byte: the peer (0: 127.0.0.1 trusted, 1: 10.1.2.3 trusted, 2: untrusted, 3: fd00::1).
+    cases = {
+        "xff": b"\x00X-Forwarded-For: 198.51.100.7, 10.0.0.2\nX-Forwarded-Proto: https\nX-Forwarded-Host: find.example.com",
+        "forwarded": b'\x01Forwarded: for=198.51.100.7;proto=https;host=find.example.com, for="[2001:db8::1]:4711"',
+        "untrusted": b"\x02X-Forwarded-For: 6.6.6.6\nForwarded: for=6.6.6.6",
+        "v6-peer": b'\x03Forwarded: for="[2001:db8:cafe::17]";proto=http',
+        "obfuscated": b"\x00Forwarded: for=_hidden, for=unknown\nX-Forwarded-For: not-an-ip",
+        "many": b"\x00X-Forwarded-For: " + b", ".join(b"10.0.0.%d" % i for i in range(40)),
+    }
+    for name, data in cases.items():
+        write("forwarded", name, data)
+
+
 if __name__ == "__main__":
     hawk_seeds()
     report_seeds()
     command_seeds()
     route_seeds()
     store_seeds()
+    forwarded_seeds()
