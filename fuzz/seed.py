@@ -168,6 +168,8 @@ def forwarded_seeds():
         "v6-peer": b'\x03Forwarded: for="[2001:db8:cafe::17]";proto=http',
         "obfuscated": b"\x00Forwarded: for=_hidden, for=unknown\nX-Forwarded-For: not-an-ip",
         "many": b"\x00X-Forwarded-For: " + b", ".join(b"10.0.0.%d" % i for i in range(40)),
+        # Once accepted as a host name (the URI grammar allows `;`).
+        "semicolon-host": b"\x00X-Forwarded-For: 198.51.100.7\nX-Forwarded-Host:;fi",
     }
     for name, data in cases.items():
         write("forwarded", name, data)

@@ -302,10 +302,23 @@ fn parse_proto(value: &str) -> Option<Proto> {
     }
 }
 
-/// A host as a client would put it in `Host`; anything else (user info, paths, junk) is dropped.
+/// A host as a client would put it in `Host`: a DNS name, an IPv4 address or a bracketed IPv6
+/// address, with an optional port. Anything else (user info, paths, the URI grammar's
+/// sub-delimiters such as `;` or `,`, which no real host name carries) is dropped.
 fn parse_host(value: &str) -> Option<String> {
     let authority: http::uri::Authority = value.parse().ok()?;
-    if authority.as_str().contains('@') || authority.host().is_empty() {
+    let host = authority.host();
+    let name = |h: &str| {
+        !h.is_empty()
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    };
+    let literal = |h: &str| {
+        h.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+    };
+    if authority.as_str().contains('@') || !(name(host) || literal(host)) {
         return None;
     }
     Some(authority.as_str().to_ascii_lowercase())
@@ -471,6 +484,34 @@ mod tests {
         assert_eq!(o.client, ip("10.1.1.1"));
         let o = via_proxy(&[("forwarded", b"proto=https")]);
         assert_eq!(o.client, ip(PROXY));
+    }
+
+    #[test]
+    fn forwarded_hosts_are_bare_host_names_or_addresses() {
+        for good in [
+            "find.example.com",
+            "find.example.com:8443",
+            "10.0.0.1:80",
+            "[2001:db8::1]:443",
+        ] {
+            assert_eq!(parse_host(good).as_deref(), Some(good), "{good}");
+        }
+        assert_eq!(
+            parse_host("Find.Example.COM").as_deref(),
+            Some("find.example.com")
+        );
+        // Found by the `forwarded` fuzz target: the URI grammar allows `;` in a host name.
+        for bad in [
+            ";fi",
+            "a,b",
+            "user@host",
+            "host/path",
+            "",
+            "[not-v6]",
+            "a b",
+        ] {
+            assert_eq!(parse_host(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
