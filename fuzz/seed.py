@@ -170,6 +170,7 @@ def forwarded_seeds():
         "many": b"\x00X-Forwarded-For: " + b", ".join(b"10.0.0.%d" % i for i in range(40)),
         # Once accepted as a host name (the URI grammar allows `;`).
         "semicolon-host": b"\x00X-Forwarded-For: 198.51.100.7\nX-Forwarded-Host:;fi",
+        "junk-port": b"\x00X-Forwarded-For: 198.51.100.7\nX-Forwarded-Host: a.example:db.x;y=z",
     }
     for name, data in cases.items():
         write("forwarded", name, data)
