@@ -41,14 +41,21 @@ pub struct Origin {
     pub host: Option<String>,
 }
 
+impl Origin {
+    /// Only the address: nothing a proxy said about scheme or host is believed.
+    fn bare(client: IpAddr) -> Origin {
+        Origin {
+            client,
+            proto: None,
+            host: None,
+        }
+    }
+}
+
 /// Resolves the origin of a request that came from `peer` with `headers`.
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Origin {
     let peer = canonical(peer);
-    let untouched = Origin {
-        client: peer,
-        proto: None,
-        host: None,
-    };
+    let untouched = Origin::bare(peer);
     if !is_trusted(peer, trusted) {
         return untouched;
     }
@@ -95,11 +102,7 @@ struct Element {
 }
 
 fn from_forwarded(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Origin {
-    let stop = Origin {
-        client: peer,
-        proto: None,
-        host: None,
-    };
+    let stop = Origin::bare(peer);
     let Some(text) = joined(headers, http::header::FORWARDED.as_str()) else {
         return stop;
     };
@@ -110,11 +113,7 @@ fn from_forwarded(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Origin
     for element in elements.iter().rev().take(MAX_HOPS) {
         let Some(ip) = element.for_node.as_deref().and_then(parse_node) else {
             // `unknown`, an obfuscated name, or nothing: the trail ends at the last hop we trust.
-            return Origin {
-                client: vouched,
-                proto: None,
-                host: None,
-            };
+            return Origin::bare(vouched);
         };
         if is_trusted(ip, trusted) {
             vouched = ip;
@@ -127,11 +126,7 @@ fn from_forwarded(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Origin
         };
     }
     // Every hop is one of our proxies (or the chain was too long to believe further).
-    Origin {
-        client: vouched,
-        proto: None,
-        host: None,
-    }
+    Origin::bare(vouched)
 }
 
 /// Splits a `Forwarded` value into elements (`,`) of pairs (`;`), honouring quoted strings.
@@ -224,11 +219,7 @@ fn parse_node(node: &str) -> Option<IpAddr> {
 // === X-Forwarded-* ===
 
 fn from_x_forwarded(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Origin {
-    let stop = Origin {
-        client: peer,
-        proto: None,
-        host: None,
-    };
+    let stop = Origin::bare(peer);
     let Some(text) = joined(headers, "x-forwarded-for") else {
         return stop;
     };
@@ -236,11 +227,7 @@ fn from_x_forwarded(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Orig
     let mut vouched = peer;
     for (from_right, hop) in hops.iter().rev().take(MAX_HOPS).enumerate() {
         let Some(ip) = parse_x_forwarded_for(hop) else {
-            return Origin {
-                client: vouched,
-                proto: None,
-                host: None,
-            };
+            return Origin::bare(vouched);
         };
         if is_trusted(ip, trusted) {
             vouched = ip;
@@ -254,11 +241,7 @@ fn from_x_forwarded(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Orig
                 .and_then(|h| parse_host(&h)),
         };
     }
-    Origin {
-        client: vouched,
-        proto: None,
-        host: None,
-    }
+    Origin::bare(vouched)
 }
 
 /// An `X-Forwarded-For` entry: an address, or (as some proxies write) an address with a port.

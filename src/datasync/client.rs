@@ -186,6 +186,14 @@ impl SyncClient {
         })
     }
 
+    /// The revision a successful write answers with, or the error it is.
+    fn revision(reply: SyncReply) -> Result<u64, SyncError> {
+        match (reply.status, reply.body["rev"].as_u64()) {
+            (StatusCode::OK, Some(rev)) => Ok(rev),
+            _ => Err(SyncClient::fail(reply)),
+        }
+    }
+
     fn fail(reply: SyncReply) -> SyncError {
         if reply.status == StatusCode::PRECONDITION_FAILED
             && let Some(current) = reply.body["current"].as_u64()
@@ -262,10 +270,7 @@ impl SyncClient {
                 Some(&json!({ "payload": payload })),
             )
             .await?;
-        match (reply.status, reply.body["rev"].as_u64()) {
-            (StatusCode::OK, Some(rev)) => Ok(rev),
-            _ => Err(SyncClient::fail(reply)),
-        }
+        SyncClient::revision(reply)
     }
 
     /// Encrypts and writes several records atomically, at one revision.
@@ -285,10 +290,7 @@ impl SyncClient {
         let reply = self
             .request(Method::POST, &path, &[], Some(&Value::Array(batch)))
             .await?;
-        match (reply.status, reply.body["rev"].as_u64()) {
-            (StatusCode::OK, Some(rev)) => Ok(rev),
-            _ => Err(SyncClient::fail(reply)),
-        }
+        SyncClient::revision(reply)
     }
 
     /// Reads and decrypts one record: its plaintext and revision, or `None` if there is none.
@@ -326,10 +328,7 @@ impl SyncClient {
         let reply = self
             .request(Method::DELETE, &path, &condition, None)
             .await?;
-        match (reply.status, reply.body["rev"].as_u64()) {
-            (StatusCode::OK, Some(rev)) => Ok(rev),
-            _ => Err(SyncClient::fail(reply)),
-        }
+        SyncClient::revision(reply)
     }
 
     /// Every change to `collection` after revision `since`, decrypted, following the cursor
