@@ -303,28 +303,9 @@ async fn the_gateway_works_behind_nginx() {
     );
 
     // nginx keeps /metrics to itself; the gateway serves it directly.
-    let blocked = HttpClient::new(nginx.addr)
-        .send(
-            Method::GET,
-            "/metrics",
-            &[],
-            bytes::Bytes::new(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let blocked = support::get(&mut HttpClient::new(nginx.addr), "/metrics").await;
     assert_eq!(blocked.status, StatusCode::NOT_FOUND);
-    let direct = server
-        .http()
-        .send(
-            Method::GET,
-            "/metrics",
-            &[],
-            bytes::Bytes::new(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let direct = support::get(&mut server.http(), "/metrics").await;
     assert_eq!(direct.status, StatusCode::OK);
 
     // Through the trusted proxy, the client is the address nginx saw, not the one it forged.

@@ -18,16 +18,7 @@ use wheresmyfox::server;
 
 /// One scrape: every sample, keyed by its name and labels as written (`a_total{x="y"}`).
 async fn scrape(http: &mut HttpClient) -> HashMap<String, f64> {
-    let reply = http
-        .send(
-            Method::GET,
-            "/metrics",
-            &[],
-            bytes::Bytes::new(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let reply = support::get(http, "/metrics").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
         reply.headers[http::header::CONTENT_TYPE],

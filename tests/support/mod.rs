@@ -197,6 +197,19 @@ pub async fn send_signed(
         .expect("send")
 }
 
+/// A plain `GET`, no credentials.
+pub async fn get(http: &mut HttpClient, path: &str) -> wheresmyfox::client::Reply {
+    http.send(
+        Method::GET,
+        path,
+        &[],
+        bytes::Bytes::new(),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .expect("send")
+}
+
 /// Registers a device with a known secret, returning (id, secret).
 pub async fn register(owner: &mut OwnerClient, name: &str) -> (String, String) {
     let secret = random_secret();
