@@ -30,6 +30,8 @@ pub struct Config {
     pub web: WebConfig,
     pub oidc: OidcConfig,
     pub sync: SyncConfig,
+    pub remote_storage: RemoteStorageConfig,
+    pub blobs: BlobConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -275,6 +277,39 @@ pub struct SyncConfig {
     pub max_feeds: usize,
 }
 
+/// Storage a user links for their sync data (`/1/remote-storage`, docs/storage.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteStorageConfig {
+    /// Users may link a WebDAV storage of their own.
+    pub enabled: bool,
+    /// Milliseconds allowed for each TCP connection to a linked storage.
+    pub connect_timeout_ms: u64,
+    /// Milliseconds allowed for one whole exchange with it (a record, or a blob chunk).
+    pub request_timeout_ms: u64,
+    /// Most payloads fetched from it at once for one read.
+    pub fetch_concurrency: usize,
+    /// Addresses a linked storage may resolve to whatever their class (CIDR blocks): a
+    /// Nextcloud on the operator's own network, say.
+    pub allowed_cidrs: Vec<String>,
+    /// Allow plain `http` storage URLs (credentials would cross the network in the clear).
+    pub allow_http: bool,
+}
+
+/// Large payloads (photos, backups) uploaded in chunks (`/1/blobs`, docs/storage.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobConfig {
+    /// Size of every chunk but a blob's last, in bytes.
+    pub chunk_bytes: u64,
+    /// Largest blob.
+    pub max_blob_bytes: u64,
+    /// Most bytes of blobs one user may keep (past it: 507).
+    pub max_user_bytes: u64,
+    /// Seconds an unfinished upload is kept before it is removed.
+    pub upload_ttl_secs: u64,
+}
+
 /// A configuration that cannot be used, with the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -416,6 +451,30 @@ impl Default for SyncConfig {
             feed_wait_secs: 50,
             max_feeds_per_user: 16,
             max_feeds: 10_000,
+        }
+    }
+}
+
+impl Default for RemoteStorageConfig {
+    fn default() -> Self {
+        RemoteStorageConfig {
+            enabled: true,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
+            fetch_concurrency: 8,
+            allowed_cidrs: Vec::new(),
+            allow_http: false,
+        }
+    }
+}
+
+impl Default for BlobConfig {
+    fn default() -> Self {
+        BlobConfig {
+            chunk_bytes: 1024 * 1024,
+            max_blob_bytes: 1024 * 1024 * 1024,
+            max_user_bytes: 4 * 1024 * 1024 * 1024,
+            upload_ttl_secs: 24 * 3600,
         }
     }
 }
@@ -901,6 +960,49 @@ impl Config {
             "sync.max_feeds",
             "must be from 1 to 1000000",
         )?;
+        let remote = &self.remote_storage;
+        check(
+            (100..=60_000).contains(&remote.connect_timeout_ms),
+            "remote_storage.connect_timeout_ms",
+            "must be from 100 to 60000",
+        )?;
+        check(
+            (1_000..=600_000).contains(&remote.request_timeout_ms),
+            "remote_storage.request_timeout_ms",
+            "must be from 1000 to 600000",
+        )?;
+        check(
+            (1..=64).contains(&remote.fetch_concurrency),
+            "remote_storage.fetch_concurrency",
+            "must be from 1 to 64",
+        )?;
+        if let Err(reason) = self.remote_storage_policy() {
+            return Err(ConfigError::Invalid {
+                key: "remote_storage.allowed_cidrs",
+                message: reason,
+            });
+        }
+        let blobs = &self.blobs;
+        check(
+            (64 * 1024..=8 * 1024 * 1024).contains(&blobs.chunk_bytes),
+            "blobs.chunk_bytes",
+            "must be from 65536 to 8388608",
+        )?;
+        check(
+            blobs.max_blob_bytes >= 1 && blobs.max_blob_bytes / blobs.chunk_bytes < 1_000_000,
+            "blobs.max_blob_bytes",
+            "must be at least 1, and under a million chunks",
+        )?;
+        check(
+            blobs.max_user_bytes >= blobs.max_blob_bytes,
+            "blobs.max_user_bytes",
+            "must be at least blobs.max_blob_bytes",
+        )?;
+        check(
+            blobs.upload_ttl_secs >= 60,
+            "blobs.upload_ttl_secs",
+            "must be at least 60",
+        )?;
         check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
             "log.level",
@@ -930,6 +1032,21 @@ impl Config {
             .collect::<Result<_, String>>()?;
         Ok(crate::outbound::Policy {
             allow_http: self.push.allow_http,
+            allowed,
+        })
+    }
+
+    /// The outbound policy for linked storages, from `remote_storage.allow_http` and
+    /// `remote_storage.allowed_cidrs`.
+    pub fn remote_storage_policy(&self) -> Result<crate::outbound::Policy, String> {
+        let allowed = self
+            .remote_storage
+            .allowed_cidrs
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<_, String>>()?;
+        Ok(crate::outbound::Policy {
+            allow_http: self.remote_storage.allow_http,
             allowed,
         })
     }

@@ -103,6 +103,36 @@ pub enum ApiError {
     SyncTooManyFeeds { max: usize },
     #[error("the server holds as many change feeds as it can: try again shortly")]
     SyncFeedsFull,
+    #[error(
+        "this account's data lives in the storage it linked: send the storage key as X-Storage-Key"
+    )]
+    RemoteKeyRequired,
+    #[error("{header} must be a 256-bit key in unpadded base64url (43 characters)")]
+    RemoteKeyMalformed { header: String },
+    #[error("the storage key does not open this account's linked-storage credentials")]
+    RemoteKeyWrong,
+    #[error("the linked storage cannot be reached right now: nothing was changed; try again later")]
+    RemoteUnavailable,
+    #[error("{0}")]
+    RemoteFailed(String),
+    #[error("the storage cannot be linked: {0}")]
+    RemoteLinkRejected(String),
+    #[error("this account has no linked storage")]
+    RemoteNotLinked,
+    #[error(
+        "this account already has a linked storage: unlink it first (DELETE /1/remote-storage)"
+    )]
+    RemoteAlreadyLinked,
+    #[error("the linked storage changed during this request: try again")]
+    RemoteLinkChanged,
+    #[error("the blob is not complete: {missing} chunk(s) still to upload (see missing)")]
+    BlobIncomplete { missing: usize },
+    #[error("{0}")]
+    BlobChunkInvalid(String),
+    #[error("a blob may be at most {limit} bytes")]
+    BlobTooLarge { limit: u64 },
+    #[error("over the blob quota: {reason}")]
+    BlobOverQuota { reason: String },
 }
 
 // === ApiError ===
@@ -143,6 +173,18 @@ impl ApiError {
             SyncHistoryPurged { .. } => StatusCode::GONE,
             SyncTooManyFeeds { .. } => StatusCode::TOO_MANY_REQUESTS,
             SyncFeedsFull => StatusCode::SERVICE_UNAVAILABLE,
+            RemoteKeyRequired | RemoteKeyMalformed { .. } | RemoteLinkRejected(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            RemoteKeyWrong => StatusCode::FORBIDDEN,
+            RemoteUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RemoteFailed(_) => StatusCode::BAD_GATEWAY,
+            RemoteNotLinked | RemoteAlreadyLinked | RemoteLinkChanged | BlobIncomplete { .. } => {
+                StatusCode::CONFLICT
+            }
+            BlobChunkInvalid(_) => StatusCode::BAD_REQUEST,
+            BlobTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BlobOverQuota { .. } => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -190,6 +232,19 @@ impl ApiError {
             SyncHistoryPurged { .. } => 306,
             SyncTooManyFeeds { .. } => 307,
             SyncFeedsFull => 308,
+            RemoteKeyRequired => 350,
+            RemoteKeyMalformed { .. } => 351,
+            RemoteKeyWrong => 352,
+            RemoteUnavailable => 353,
+            RemoteFailed(_) => 354,
+            RemoteLinkRejected(_) => 355,
+            RemoteNotLinked => 356,
+            RemoteAlreadyLinked => 357,
+            RemoteLinkChanged => 358,
+            BlobIncomplete { .. } => 359,
+            BlobChunkInvalid(_) => 360,
+            BlobTooLarge { .. } => 361,
+            BlobOverQuota { .. } => 362,
         }
     }
 

@@ -45,6 +45,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Wakes devices with no poll parked through their push URL.
     pub push: Pusher,
+    /// Reaches the storages users linked, and keeps blobs of those who did not.
+    pub remote: crate::remote::RemoteStorage,
     /// `true` once shutdown has begun; parked polls watch it and answer `{}` at once.
     shutdown: watch::Sender<bool>,
     /// Serializes snapshots (the periodic one and the final one).
@@ -101,11 +103,18 @@ impl Gateway {
             devices = registry.len(),
             "state recovered"
         );
+        let remote = crate::remote::RemoteStorage::new(&config, resolver.clone()).map_err(
+            |source| StoreError::Io {
+                path: data.path.join(crate::remote::link::SECRET_FILE),
+                source,
+            },
+        )?;
         let push = Pusher::new(&config, resolver);
         let oidc = crate::oidc::Oidc::new(&config.oidc);
         Ok(Arc::new(Gateway {
             limits: Limits::new(&config.limits),
             push,
+            remote,
             config,
             accounts,
             registry,
@@ -235,6 +244,7 @@ impl Gateway {
                         return;
                     };
                     gateway.purge_sync();
+                    crate::service::remote::expire_uploads(&gateway).await;
                 }
             })
         };

@@ -158,7 +158,18 @@ pub fn stale_challenge(now: u64, tsm: &str) -> String {
 
 /// The `Server-Authorization` value for a response body of type `application/json`.
 pub fn sign_response(header: &Header, key: &Key, signed: &Signed<'_>, body: &[u8]) -> String {
-    let hash = payload_hash("application/json", body);
+    sign_response_as(header, key, signed, "application/json", body)
+}
+
+/// The `Server-Authorization` value for a response body of type `content_type`.
+pub fn sign_response_as(
+    header: &Header,
+    key: &Key,
+    signed: &Signed<'_>,
+    content_type: &str,
+    body: &[u8],
+) -> String {
+    let hash = payload_hash(content_type, body);
     let request =
         RequestBuilder::new(signed.method, signed.host, signed.port, signed.path).request();
     let response_header = request

@@ -35,6 +35,8 @@
 //! - [`oidc`]: an OpenID Connect provider's tokens (JWKS, RS256/ES256) and its sign-in flow.
 //! - [`datasync`]: per-user synced collections (revisions, tombstones, change feeds) and the
 //!   client that encrypts them; served by `service::sync`.
+//! - [`remote`]: where payloads are kept: the storage backends (our own disk, or the user's
+//!   WebDAV), and the sealed credentials of a linked storage; served by `service::remote`.
 
 pub mod accounts;
 pub mod admin;
@@ -57,6 +59,7 @@ pub mod protocol;
 pub mod push;
 pub mod ratelimit;
 pub mod registry;
+pub mod remote;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -111,7 +111,8 @@ pub struct OutboundRequest {
     pub body: Bytes,
 }
 
-/// What came back: the status, the headers and at most [`MAX_RESPONSE_BYTES`] of the body.
+/// What came back: the status, the headers and at most [`MAX_RESPONSE_BYTES`] of the body
+/// (or the cap given to [`Outbound::send_limited`]).
 #[derive(Debug, Clone)]
 pub struct OutboundResponse {
     pub status: StatusCode,
@@ -119,6 +120,8 @@ pub struct OutboundResponse {
     pub body: Bytes,
     /// The body went on past the cap and was not read further.
     pub truncated: bool,
+    /// The whole body arrived: not cut by the cap, the deadline or a broken connection.
+    pub complete: bool,
 }
 
 /// Why an exchange did not produce a response.
@@ -376,10 +379,21 @@ impl Outbound {
         &self.policy
     }
 
-    /// Sends one request, within `timeouts.request`, to an address the policy allows.
+    /// Sends one request, within `timeouts.request`, to an address the policy allows, and
+    /// reads at most [`MAX_RESPONSE_BYTES`] of the answer.
     ///
     /// Cancel safety: dropping the future closes the connection; nothing else is held.
     pub async fn send(&self, request: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+        self.send_limited(request, MAX_RESPONSE_BYTES).await
+    }
+
+    /// Like [`Outbound::send`], reading at most `max_body` bytes of the answer: for a
+    /// destination whose answers are data (a storage the user linked), not just a status.
+    pub async fn send_limited(
+        &self,
+        request: &OutboundRequest,
+        max_body: usize,
+    ) -> Result<OutboundResponse, OutboundError> {
         let deadline = Instant::now() + self.timeouts.request;
         let timed_out = |_| OutboundError::Timeout(self.timeouts.request);
         let target = self
@@ -396,9 +410,9 @@ impl Outbound {
                 .await
                 .map_err(timed_out)?
                 .map_err(OutboundError::Tls)?;
-            exchange(tls, &target, request, deadline, self.timeouts.request).await
+            exchange(tls, &target, request, deadline, self.timeouts.request, max_body).await
         } else {
-            exchange(stream, &target, request, deadline, self.timeouts.request).await
+            exchange(stream, &target, request, deadline, self.timeouts.request, max_body).await
         }
     }
 
@@ -470,6 +484,7 @@ async fn exchange<S>(
     request: &OutboundRequest,
     deadline: Instant,
     limit: Duration,
+    max_body: usize,
 ) -> Result<OutboundResponse, OutboundError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -508,17 +523,28 @@ where
     let (parts, mut body) = response.into_parts();
     let mut collected = BytesMut::new();
     let mut truncated = false;
-    // The status is what matters; the body is read only for the log, within the cap and the
-    // deadline, and a body that is slow or endless is simply cut.
-    while let Ok(Some(Ok(frame))) = timeout_at(deadline, body.frame()).await {
-        if let Ok(data) = frame.into_data() {
-            let room = MAX_RESPONSE_BYTES - collected.len();
-            if data.len() > room {
-                collected.extend_from_slice(&data[..room]);
-                truncated = true;
+    let mut complete = false;
+    // For a push service the status is what matters and the body is read only for the log;
+    // either way it is read within the cap and the deadline, and a body that is slow or
+    // endless is simply cut (and then not `complete`).
+    loop {
+        match timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    let room = max_body - collected.len();
+                    if data.len() > room {
+                        collected.extend_from_slice(&data[..room]);
+                        truncated = true;
+                        break;
+                    }
+                    collected.extend_from_slice(&data);
+                }
+            }
+            Ok(None) => {
+                complete = true;
                 break;
             }
-            collected.extend_from_slice(&data);
+            Ok(Some(Err(_))) | Err(_) => break,
         }
     }
     drop(body);
@@ -528,6 +554,7 @@ where
         headers: parts.headers,
         body: collected.freeze(),
         truncated,
+        complete,
     })
 }
 

@@ -21,6 +21,9 @@ use super::crypto::{self, CryptoError, KEYS_COLLECTION, RootKey, SecretKey};
 use crate::client::{ClientError, HttpClient, Reply, verify_answer};
 use crate::hawk_auth;
 
+/// The collection whose key seals blob chunks.
+pub const BLOBS_COLLECTION: &str = "blobs";
+
 /// How the client proves who it is.
 enum Auth {
     /// One of the user's devices: its Hawk credentials (the command channel's).
@@ -77,6 +80,18 @@ pub struct SyncClient {
     keys: HashMap<String, SecretKey>,
     /// Pad plaintexts to their Padmé size before sealing.
     pub pad: bool,
+    /// Sent as `X-Storage-Key` when the user linked a storage of their own.
+    storage_key: Option<zeroize::Zeroizing<String>>,
+}
+
+/// A blob as a record refers to it (inside the record's encrypted payload).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlobRef {
+    pub blob_id: String,
+    /// The plaintext's length.
+    pub size: u64,
+    /// The server's hash of the stored (sealed) chunks: SHA-256 over their SHA-256s.
+    pub hash: String,
 }
 
 impl std::fmt::Debug for SyncClient {
@@ -119,7 +134,13 @@ impl SyncClient {
             root,
             keys: HashMap::new(),
             pad: true,
+            storage_key: None,
         }
+    }
+
+    /// Sends `key` with every request from now on (`None`: stop sending one).
+    pub fn use_storage_key(&mut self, key: Option<&crate::remote::link::StorageKey>) {
+        self.storage_key = key.map(|k| k.encode());
     }
 
     /// One request: authenticated, and for a device the answer's signature verified.
@@ -134,7 +155,44 @@ impl SyncClient {
             Some(body) => (Bytes::from(serde_json::to_vec(body)?), "application/json"),
             None => (Bytes::new(), ""),
         };
+        let reply = self
+            .request_bytes(method, path, extra, bytes, content_type)
+            .await?;
+        let body = if reply.body.is_empty()
+            || !reply
+                .headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+        {
+            Value::Null
+        } else {
+            serde_json::from_slice(&reply.body)?
+        };
+        Ok(SyncReply {
+            status: reply.status,
+            etag: etag(&reply.headers, "etag"),
+            user_rev: etag(&reply.headers, "x-sync-revision"),
+            headers: reply.headers,
+            body,
+        })
+    }
+
+    /// One request with a body of any type, answered with raw bytes.
+    pub async fn request_bytes(
+        &mut self,
+        method: Method,
+        path: &str,
+        extra: &[(HeaderName, String)],
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<Reply, ClientError> {
         let mut headers = extra.to_vec();
+        if let Some(key) = &self.storage_key {
+            headers.push((
+                HeaderName::from_static(crate::remote::link::KEY_HEADER),
+                key.to_string(),
+            ));
+        }
         if !content_type.is_empty() {
             headers.push((header::CONTENT_TYPE, content_type.to_owned()));
         }
@@ -172,18 +230,102 @@ impl SyncClient {
                 reply
             }
         };
-        let body = if reply.body.is_empty() {
-            Value::Null
+        Ok(reply)
+    }
+
+    /// Encrypts `plaintext` chunk by chunk under the `blobs` collection's key and uploads it
+    /// (`POST /1/blobs`, then each chunk). Put the returned reference in a record.
+    pub async fn upload_blob(&mut self, plaintext: &[u8]) -> Result<BlobRef, SyncError> {
+        let key = self.collection_key(BLOBS_COLLECTION).await?;
+        let config = self
+            .request(Method::GET, "/1/info/configuration", &[], None)
+            .await?;
+        let chunk_bytes = config.body["blob_chunk_bytes"].as_u64().unwrap_or(0) as usize;
+        if chunk_bytes <= crypto::CHUNK_OVERHEAD {
+            return Err(SyncClient::fail(config));
+        }
+        let piece = chunk_bytes - crypto::CHUNK_OVERHEAD;
+        let pieces: Vec<&[u8]> = if plaintext.is_empty() {
+            vec![&[]]
         } else {
-            serde_json::from_slice(&reply.body)?
+            plaintext.chunks(piece).collect()
         };
-        Ok(SyncReply {
-            status: reply.status,
-            etag: etag(&reply.headers, "etag"),
-            user_rev: etag(&reply.headers, "x-sync-revision"),
-            headers: reply.headers,
-            body,
+        let size = (plaintext.len() + pieces.len() * crypto::CHUNK_OVERHEAD) as u64;
+        let reply = self
+            .request(Method::POST, "/1/blobs", &[], Some(&json!({ "size": size })))
+            .await?;
+        let Some(blob_id) = reply.body["blob_id"].as_str().map(str::to_owned) else {
+            return Err(SyncClient::fail(reply));
+        };
+        let mut hash = None;
+        for (index, piece) in pieces.iter().enumerate() {
+            let last = index + 1 == pieces.len();
+            let sealed = crypto::seal_chunk(&key, &blob_id, index as u64, last, piece);
+            let path = format!("/1/blobs/{blob_id}/chunks/{index}");
+            let reply = self
+                .request_bytes(
+                    Method::PUT,
+                    &path,
+                    &[],
+                    Bytes::from(sealed),
+                    "application/octet-stream",
+                )
+                .await?;
+            if reply.status != StatusCode::OK {
+                return Err(SyncError::Client(ClientError::Status {
+                    status: reply.status,
+                    body: serde_json::from_slice(&reply.body).unwrap_or(Value::Null),
+                }));
+            }
+            let body: Value = serde_json::from_slice(&reply.body).map_err(ClientError::from)?;
+            hash = body["hash"].as_str().map(str::to_owned);
+        }
+        Ok(BlobRef {
+            blob_id,
+            size: plaintext.len() as u64,
+            hash: hash.unwrap_or_default(),
         })
+    }
+
+    /// Downloads and opens a blob, checking the server's hash against the reference.
+    pub async fn download_blob(&mut self, blob: &BlobRef) -> Result<Vec<u8>, SyncError> {
+        let key = self.collection_key(BLOBS_COLLECTION).await?;
+        let path = format!("/1/blobs/{}", blob.blob_id);
+        let meta = self.request(Method::GET, &path, &[], None).await?;
+        if meta.status != StatusCode::OK || meta.body["hash"] != json!(blob.hash) {
+            return Err(SyncClient::fail(meta));
+        }
+        let chunks = meta.body["chunks"].as_u64().unwrap_or(0);
+        let mut plaintext = Vec::with_capacity(blob.size as usize);
+        for index in 0..chunks {
+            let reply = self
+                .request_bytes(
+                    Method::GET,
+                    &format!("{path}/chunks/{index}"),
+                    &[],
+                    Bytes::new(),
+                    "",
+                )
+                .await?;
+            if reply.status != StatusCode::OK {
+                return Err(SyncError::Client(ClientError::Status {
+                    status: reply.status,
+                    body: serde_json::from_slice(&reply.body).unwrap_or(Value::Null),
+                }));
+            }
+            let last = index + 1 == chunks;
+            plaintext.extend(crypto::open_chunk(
+                &key,
+                &blob.blob_id,
+                index,
+                last,
+                &reply.body,
+            )?);
+        }
+        if plaintext.len() as u64 != blob.size {
+            return Err(SyncError::Crypto(CryptoError::Forged));
+        }
+        Ok(plaintext)
     }
 
     /// The revision a successful write answers with, or the error it is.

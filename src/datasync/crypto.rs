@@ -231,6 +231,67 @@ pub fn seal(key: &SecretKey, collection: &str, id: &str, plaintext: &[u8], pad: 
     .expect("a sealed payload serializes")
 }
 
+/// Bytes a sealed blob chunk adds to its plaintext: the nonce and the tag.
+pub const CHUNK_OVERHEAD: usize = 24 + 16;
+
+/// Associated data of blob chunk `index` of `blob`: a chunk moved to another place in the
+/// blob, to another blob, or a blob cut short (only the last chunk says it is the last)
+/// fails to open.
+fn chunk_aad(blob: &str, index: u64, last: bool, kid: &str) -> Vec<u8> {
+    let mut aad = b"wheresmyfox-blob-v1\0".to_vec();
+    aad.extend_from_slice(blob.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&index.to_be_bytes());
+    aad.push(u8::from(last));
+    aad.extend_from_slice(kid.as_bytes());
+    aad
+}
+
+/// Seals one chunk of a blob: nonce (24 bytes), then ciphertext and tag.
+pub fn seal_chunk(key: &SecretKey, blob: &str, index: u64, last: bool, plaintext: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    let cipher = XChaCha20Poly1305::new((&key.bytes).into());
+    let aad = chunk_aad(blob, index, last, &key.kid);
+    let ciphertext = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: &aad,
+            },
+        )
+        .expect("XChaCha20-Poly1305 encrypts any length this side of 256 GiB");
+    let mut sealed = nonce.to_vec();
+    sealed.extend_from_slice(&ciphertext);
+    sealed
+}
+
+/// Opens what [`seal_chunk`] made.
+pub fn open_chunk(
+    key: &SecretKey,
+    blob: &str,
+    index: u64,
+    last: bool,
+    sealed: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < CHUNK_OVERHEAD {
+        return Err(CryptoError::Malformed);
+    }
+    let (nonce, ciphertext) = sealed.split_at(24);
+    let cipher = XChaCha20Poly1305::new((&key.bytes).into());
+    let aad = chunk_aad(blob, index, last, &key.kid);
+    cipher
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| CryptoError::Forged)
+}
+
 /// Opens the payload of record `collection/id`.
 pub fn open(
     key: &SecretKey,

@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod crypto;
+pub mod placement;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -35,6 +36,8 @@ use tokio::sync::watch;
 use crate::config::SyncConfig;
 use crate::error::ApiError;
 use crate::ids::UserId;
+use crate::remote::link::StoredLink;
+use crate::remote::{RemoteRef, record_key};
 use crate::service::field_error;
 use crate::store::record::Record;
 use crate::store::{Commit, Durability, Journal};
@@ -72,12 +75,23 @@ pub struct UserState {
     /// The latest revision of any write of this user.
     pub rev: u64,
     pub collections: BTreeMap<String, Collection>,
+    /// The storage the user linked, if any: new payloads go there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<StoredLink>,
+    /// Blob id → its chunks (`placement`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blobs: BTreeMap<String, placement::Blob>,
     /// Live and expired-but-unpurged records (quota), derived.
     #[serde(skip)]
     records: u64,
     /// Bytes of ids and payloads of every kept item, tombstones included (quota), derived.
     #[serde(skip)]
     bytes: u64,
+    /// Names of payloads in the linked storage that nothing refers to any more, removed by
+    /// the next request that carries the storage key (a purge runs without one). Not kept
+    /// across a restart: see docs/storage.md.
+    #[serde(skip)]
+    garbage: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -97,9 +111,12 @@ pub struct Collection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Item {
     pub rev: u64,
-    /// Opaque; empty for a tombstone.
+    /// Opaque; empty for a tombstone and for a payload kept in the linked storage.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub payload: String,
+    /// Where the payload is, when it is in the user's linked storage rather than here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sortindex: Option<i64>,
     /// When a record with a ttl stops being served (milliseconds since the epoch).
@@ -115,7 +132,11 @@ pub struct Item {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Put {
     pub id: String,
+    /// Empty when the payload was stored in the linked storage (`remote`).
+    #[serde(default)]
     pub payload: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sortindex: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,10 +179,30 @@ impl From<ApiError> for Refused {
     }
 }
 
+/// A payload a read must fetch from the linked storage and put into `records[index]`.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    pub index: usize,
+    pub collection: String,
+    pub id: String,
+    pub rev: u64,
+    pub expected: RemoteRef,
+}
+
+impl Fetch {
+    /// Its name on the storage.
+    pub fn key(&self) -> String {
+        record_key(&self.collection, &self.id, &self.expected.sha256)
+    }
+}
+
 /// One page of a `since` read.
 #[derive(Debug)]
 pub struct Page {
+    /// Records without the payloads listed in `fetch`.
     pub records: Vec<Value>,
+    /// Payloads to fetch from the linked storage.
+    pub fetch: Vec<Fetch>,
     /// Cursor for the next page, when there is more.
     pub next: Option<String>,
     /// The collection's revision (0 for a collection never written).
@@ -235,6 +276,19 @@ pub fn decode_cursor(cursor: &str) -> Result<(u64, String), ApiError> {
     Ok((rev, id.to_owned()))
 }
 
+// === Put ===
+
+impl Put {
+    /// What the record will count against the byte quota.
+    fn size(&self) -> u64 {
+        self.id.len() as u64
+            + self
+                .remote
+                .as_ref()
+                .map_or(self.payload.len() as u64, |r| r.size)
+    }
+}
+
 // === Item ===
 
 impl Item {
@@ -242,16 +296,28 @@ impl Item {
         !self.deleted && self.expires_ms.is_none_or(|at| at > now_ms)
     }
 
-    fn size(id: &str, payload: &str) -> u64 {
-        (id.len() + payload.len()) as u64
+    /// The payload's length, wherever it is kept.
+    fn payload_len(&self) -> u64 {
+        self.remote
+            .as_ref()
+            .map_or(self.payload.len() as u64, |r| r.size)
     }
 
-    /// The wire form: a record, or `{id, rev, deleted: true}`.
+    /// What the item counts against the byte quota: its id and its payload.
+    fn size(&self, id: &str) -> u64 {
+        id.len() as u64 + self.payload_len()
+    }
+
+    /// The wire form: a record, or `{id, rev, deleted: true}`. A payload kept in the linked
+    /// storage is left out, for the caller to fetch (see [`Fetch`]).
     fn to_json(&self, id: &str) -> Value {
         if self.deleted {
             return json!({ "id": id, "rev": self.rev, "deleted": true });
         }
-        let mut value = json!({ "id": id, "rev": self.rev, "payload": self.payload });
+        let mut value = json!({ "id": id, "rev": self.rev });
+        if self.remote.is_none() {
+            value["payload"] = json!(self.payload);
+        }
         if let Some(sortindex) = self.sortindex {
             value["sortindex"] = json!(sortindex);
         }
@@ -272,7 +338,7 @@ impl UserState {
                 .map(|(id, item)| (item.rev, id.clone()))
                 .collect();
             for (id, item) in &collection.items {
-                bytes += Item::size(id, &item.payload);
+                bytes += item.size(id);
                 records += u64::from(!item.deleted);
             }
         }
@@ -337,15 +403,15 @@ impl UserState {
         let (mut records, mut bytes) = (self.records, self.bytes);
         for put in &write.puts {
             if let Some(old) = item(&put.id) {
-                bytes -= Item::size(&put.id, &old.payload);
+                bytes -= old.size(&put.id);
                 records -= u64::from(!old.deleted);
             }
-            bytes += Item::size(&put.id, &put.payload);
+            bytes += put.size();
             records += 1;
         }
         for id in &write.deletes {
             if let Some(old) = item(id) {
-                bytes -= old.payload.len() as u64;
+                bytes -= old.payload_len();
                 records -= u64::from(!old.deleted);
             }
         }
@@ -372,20 +438,26 @@ impl UserState {
         Ok(())
     }
 
-    /// Applies a write at `rev`: live, after [`UserState::check`], or in replay.
-    fn apply(&mut self, rev: u64, write: &Write) {
+    /// Applies a write at `rev`: live, after [`UserState::check`], or in replay. Returns the
+    /// names of payloads in the linked storage that nothing refers to any more.
+    fn apply(&mut self, rev: u64, write: &Write) -> Vec<String> {
         let collection = self
             .collections
             .entry(write.collection.clone())
             .or_default();
+        let mut garbage = Vec::new();
         let mut replace = |id: &str, new: Item, state: (&mut u64, &mut u64)| {
             let (records, bytes) = state;
             if let Some(old) = collection.items.remove(id) {
                 collection.order.remove(&(old.rev, id.to_owned()));
-                *bytes -= Item::size(id, &old.payload);
+                *bytes -= old.size(id);
                 *records -= u64::from(!old.deleted);
+                // Content-addressed: the same bytes rewritten keep the same name.
+                if let Some(gone) = old.remote.filter(|r| new.remote.as_ref() != Some(r)) {
+                    garbage.push(record_key(&write.collection, id, &gone.sha256));
+                }
             }
-            *bytes += Item::size(id, &new.payload);
+            *bytes += new.size(id);
             *records += u64::from(!new.deleted);
             collection.order.insert((new.rev, id.to_owned()));
             collection.items.insert(id.to_owned(), new);
@@ -394,6 +466,7 @@ impl UserState {
             let item = Item {
                 rev,
                 payload: put.payload.clone(),
+                remote: put.remote.clone(),
                 sortindex: put.sortindex,
                 expires_ms: put.expires_ms,
                 deleted: false,
@@ -405,6 +478,7 @@ impl UserState {
             let tombstone = Item {
                 rev,
                 payload: String::new(),
+                remote: None,
                 sortindex: None,
                 expires_ms: None,
                 deleted: true,
@@ -414,6 +488,7 @@ impl UserState {
         }
         collection.rev = rev;
         self.rev = rev;
+        garbage
     }
 
     /// Removes old tombstones and expired records; what was removed, per collection.
@@ -441,25 +516,33 @@ impl UserState {
             }
         }
         for purge in &purges {
-            self.apply_purge(purge);
+            let garbage = self.apply_purge(purge);
+            self.garbage.extend(garbage);
         }
         purges
     }
 
-    fn apply_purge(&mut self, purge: &Purge) {
+    /// Removes the exact versions a purge names; returns the names of their payloads in the
+    /// linked storage.
+    fn apply_purge(&mut self, purge: &Purge) -> Vec<String> {
+        let mut garbage = Vec::new();
         let Some(collection) = self.collections.get_mut(&purge.collection) else {
-            return;
+            return garbage;
         };
         for (id, rev) in &purge.removed {
             if collection.items.get(id).is_some_and(|i| i.rev == *rev)
                 && let Some(old) = collection.items.remove(id)
             {
                 collection.order.remove(&(old.rev, id.clone()));
-                self.bytes -= Item::size(id, &old.payload);
+                self.bytes -= old.size(id);
                 self.records -= u64::from(!old.deleted);
+                if let Some(remote) = old.remote {
+                    garbage.push(record_key(&purge.collection, id, &remote.sha256));
+                }
             }
         }
         collection.horizon = collection.horizon.max(purge.horizon);
+        garbage
     }
 }
 
@@ -496,6 +579,10 @@ impl SyncStore {
         let sync = self.user(user);
         let mut state = lock(&sync.state);
         state.rev = state.rev.max(piece.rev);
+        if piece.link.is_some() {
+            state.link = piece.link;
+        }
+        state.blobs.extend(piece.blobs);
         for (name, collection) in piece.collections {
             let into = state.collections.entry(name).or_default();
             into.rev = into.rev.max(collection.rev);
@@ -511,7 +598,8 @@ impl SyncStore {
         let sync = self.user(user);
         let mut state = lock(&sync.state);
         if rev > state.rev {
-            state.apply(rev, write);
+            // What a replayed write replaced in the linked storage was removed when it ran.
+            drop(state.apply(rev, write));
             sync.changed.send_replace(rev);
         }
     }
@@ -519,7 +607,7 @@ impl SyncStore {
     /// Replays a journaled purge (idempotent: it names the exact versions it removed).
     pub fn replay_purge(&self, user: UserId, purge: &Purge) {
         if let Some(sync) = self.get(user) {
-            lock(&sync.state).apply_purge(purge);
+            drop(lock(&sync.state).apply_purge(purge));
         }
     }
 
@@ -560,7 +648,11 @@ impl UserSync {
             rev: state.rev,
             ..UserState::default()
         };
-        let mut pieces = vec![empty()];
+        let mut pieces = vec![UserState {
+            link: state.link.clone(),
+            blobs: state.blobs.clone(),
+            ..empty()
+        }];
         let mut size = 0;
         for (name, collection) in &state.collections {
             let header = || Collection {
@@ -602,6 +694,7 @@ impl UserSync {
     ) -> Result<(u64, Commit), Refused> {
         let mut state = lock(&self.state);
         write_locked(&mut state, user, write, condition, target, limits, journal)
+            .map(|(rev, commit, _)| (rev, commit))
     }
 
     /// Deletes every live record of a collection, at one revision (404 if there are none).
@@ -636,7 +729,10 @@ impl UserSync {
             puts: Vec::new(),
             deletes,
         };
-        write_locked(&mut state, user, write, condition, None, limits, journal)
+        let (rev, commit, garbage) =
+            write_locked(&mut state, user, write, condition, None, limits, journal)?;
+        state.garbage.extend(garbage);
+        Ok((rev, commit))
     }
 
     /// Wakes every parked change feed of the user: `rev` is durable.
@@ -680,11 +776,31 @@ impl UserSync {
         (state.records, state.bytes)
     }
 
-    /// One live record: its wire form and revision.
-    pub fn record(&self, collection: &str, id: &str, now_ms: u64) -> Option<(Value, u64)> {
+    /// One live record: its wire form, its revision, and its payload to fetch when that is
+    /// in the linked storage.
+    pub fn record(
+        &self,
+        collection: &str,
+        id: &str,
+        now_ms: u64,
+    ) -> Option<(Value, u64, Option<Fetch>)> {
         let state = lock(&self.state);
         let item = state.collections.get(collection)?.items.get(id)?;
-        item.live(now_ms).then(|| (item.to_json(id), item.rev))
+        let fetch = item.remote.as_ref().map(|expected| Fetch {
+            index: 0,
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            rev: item.rev,
+            expected: expected.clone(),
+        });
+        item.live(now_ms)
+            .then(|| (item.to_json(id), item.rev, fetch))
+    }
+
+    /// The revision of a record's current version, if it has one (live or not).
+    pub fn item_rev(&self, collection: &str, id: &str) -> Option<u64> {
+        let state = lock(&self.state);
+        Some(state.collections.get(collection)?.items.get(id)?.rev)
     }
 
     /// Changes after `since` (or after `cursor`, which wins), in revision order: records,
@@ -701,6 +817,7 @@ impl UserSync {
         let Some(c) = state.collections.get(collection) else {
             return Ok(Page {
                 records: Vec::new(),
+                fetch: Vec::new(),
                 next: None,
                 rev: 0,
             });
@@ -713,6 +830,7 @@ impl UserSync {
             None => std::ops::Bound::Included((since + 1, String::new())),
         };
         let mut records = Vec::new();
+        let mut fetch = Vec::new();
         let mut next = None;
         for (rev, id) in c.order.range((start, std::ops::Bound::Unbounded)) {
             let item = &c.items[id];
@@ -724,6 +842,15 @@ impl UserSync {
             if records.len() == limit {
                 next = Some(encode_cursor(*rev, id));
                 break;
+            }
+            if let Some(expected) = item.remote.as_ref().filter(|_| !item.deleted) {
+                fetch.push(Fetch {
+                    index: records.len(),
+                    collection: collection.to_owned(),
+                    id: id.clone(),
+                    rev: *rev,
+                    expected: expected.clone(),
+                });
             }
             records.push(item.to_json(id));
         }
@@ -737,6 +864,7 @@ impl UserSync {
         }
         Ok(Page {
             records,
+            fetch,
             next,
             rev: c.rev,
         })
@@ -768,7 +896,8 @@ impl UserSync {
     }
 }
 
-/// Checks a write, then journals and applies it at the user's next revision.
+/// Checks a write, then journals and applies it at the user's next revision. Also returns
+/// the names of payloads in the linked storage the write made unreachable.
 fn write_locked(
     state: &mut UserState,
     user: UserId,
@@ -777,7 +906,7 @@ fn write_locked(
     target: Option<&str>,
     limits: &SyncConfig,
     journal: &Journal,
-) -> Result<(u64, Commit), Refused> {
+) -> Result<(u64, Commit, Vec<String>), Refused> {
     state.check(&write, condition, target, limits, write.at_ms)?;
     let rev = state.rev + 1;
     let commit = journal.append(
@@ -788,8 +917,8 @@ fn write_locked(
         },
         Durability::Commands,
     );
-    state.apply(rev, &write);
-    Ok((rev, commit))
+    let garbage = state.apply(rev, &write);
+    Ok((rev, commit, garbage))
 }
 
 /// One parked change feed, counted for as long as it lives.
@@ -826,6 +955,7 @@ mod tests {
                 .map(|id| Put {
                     id: (*id).into(),
                     payload: format!("p-{id}"),
+                    remote: None,
                     sortindex: None,
                     expires_ms: None,
                 })

@@ -188,15 +188,33 @@ impl Signer {
 
     /// An answer of JSON bytes (empty for a 304), signed with `Server-Authorization`.
     pub fn answer_bytes(&self, status: StatusCode, bytes: Bytes) -> Response<Body> {
+        self.answer_as(status, "application/json", bytes)
+    }
+
+    /// An answer of `content_type`, signed with `Server-Authorization`.
+    pub fn answer_as(
+        &self,
+        status: StatusCode,
+        content_type: &'static str,
+        bytes: Bytes,
+    ) -> Response<Body> {
         let signed = Signed {
             method: self.method.as_str(),
             host: &self.host,
             port: self.port,
             path: &self.path,
         };
-        let authorization =
-            hawk_auth::sign_response(&self.hawk_header, &self.key.0, &signed, &bytes);
+        let authorization = hawk_auth::sign_response_as(
+            &self.hawk_header,
+            &self.key.0,
+            &signed,
+            content_type,
+            &bytes,
+        );
         let mut response = bytes_response(status, bytes);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         if let Ok(value) = HeaderValue::from_str(&authorization) {
             response.headers_mut().insert("server-authorization", value);
         }

@@ -34,6 +34,7 @@ use crate::registry::Registered;
 pub mod body;
 pub mod device_auth;
 pub mod ops;
+pub mod remote;
 pub mod respond;
 pub mod sync;
 pub mod web;
@@ -44,7 +45,9 @@ pub use body::{
     collect_body, field_error, only_fields, query_param, read_body, read_json, take_name,
     take_string,
 };
-pub use respond::{bytes_response, empty_response, error_body, error_response, json_response};
+pub use respond::{
+    REMOTE_RETRY_AFTER, bytes_response, empty_response, error_body, error_response, json_response,
+};
 
 /// The error type a request body may fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -147,7 +150,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                 wrong("GET")
             }
         }
-        ["1", "storage" | "info" | "changes", ..] => {
+        ["1", "storage" | "info" | "changes" | "remote-storage" | "blobs", ..] => {
             sync::route(method, &segments).map(Route::Sync)
         }
         ["__heartbeat__"] => {

@@ -55,10 +55,17 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
         ApiError::Overloaded | ApiError::StorageUnavailable | ApiError::OidcUnavailable => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        ApiError::RemoteUnavailable => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(REMOTE_RETRY_AFTER));
+        }
         _ => {}
     }
     response
 }
+
+/// Seconds a client waits before retrying when the storage a user linked is down: long enough
+/// for a restart or a network blip, short enough for a phone's next sync.
+pub const REMOTE_RETRY_AFTER: &str = "5";
 
 pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());

@@ -52,6 +52,8 @@ pub enum SyncRoute {
     PutRecord(String, String),
     DeleteRecord(String, String),
     Changes,
+    /// `/1/remote-storage` and `/1/blobs…`: served by `service::remote`.
+    Remote(super::remote::RemoteRoute),
 }
 
 /// Maps `/1/storage…`, `/1/info/…` and `/1/changes` (`segments` starts with `"1"`).
@@ -69,6 +71,9 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<SyncRoute, ApiError> 
         ["1", "info", "configuration"] => get(SyncRoute::InfoConfiguration),
         ["1", "info", "quota"] => get(SyncRoute::InfoQuota),
         ["1", "changes"] => get(SyncRoute::Changes),
+        ["1", "remote-storage" | "blobs", ..] => {
+            super::remote::route(method, segments).map(SyncRoute::Remote)
+        }
         ["1", "storage", collection] if !collection.is_empty() => {
             let collection = (*collection).to_owned();
             match *method {
@@ -91,27 +96,33 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<SyncRoute, ApiError> 
     }
 }
 
+/// The type of raw bytes: blob chunks, both ways.
+pub const OCTET_STREAM: &str = "application/octet-stream";
+
 /// The authenticated caller: whose data, the body, and how to sign answers (devices).
-struct Caller {
-    user: UserId,
-    body: Bytes,
-    signer: Option<Signer>,
+pub(super) struct Caller {
+    pub user: UserId,
+    pub body: Bytes,
+    pub signer: Option<Signer>,
 }
 
 /// A successful answer, before signing.
-struct Answer {
-    status: StatusCode,
+pub(super) struct Answer {
+    pub status: StatusCode,
     /// `None` for a 304.
-    body: Option<Value>,
-    etag: Option<u64>,
+    pub body: Option<Value>,
+    pub etag: Option<u64>,
+    /// Raw bytes instead of JSON (a blob chunk).
+    pub bytes: Option<Bytes>,
 }
 
 impl Answer {
-    fn ok(body: Value, etag: Option<u64>) -> Answer {
+    pub(super) fn ok(body: Value, etag: Option<u64>) -> Answer {
         Answer {
             status: StatusCode::OK,
             body: Some(body),
             etag,
+            bytes: None,
         }
     }
 
@@ -120,6 +131,7 @@ impl Answer {
             status: StatusCode::NOT_MODIFIED,
             body: None,
             etag: Some(etag),
+            bytes: None,
         }
     }
 }
@@ -147,7 +159,19 @@ where
     let signer = caller.signer.as_ref();
     let mut response = match result {
         Ok(answer) => {
-            let mut response = finish(signer, answer.status, answer.body.as_ref());
+            let mut response = match answer.bytes {
+                Some(bytes) => match signer {
+                    Some(signer) => signer.answer_as(answer.status, OCTET_STREAM, bytes),
+                    None => {
+                        let mut response = bytes_response(answer.status, bytes);
+                        response
+                            .headers_mut()
+                            .insert(header::CONTENT_TYPE, HeaderValue::from_static(OCTET_STREAM));
+                        response
+                    }
+                },
+                None => finish(signer, answer.status, answer.body.as_ref()),
+            };
             if let Some(etag) = answer.etag {
                 set(&mut response, header::ETAG, format!("\"{etag}\""));
             }
@@ -206,6 +230,9 @@ fn refusal(signer: Option<&Signer>, refused: Refused) -> Response<Body> {
         ApiError::SyncFeedsFull | ApiError::StorageUnavailable => {
             headers.push((header::RETRY_AFTER, "1".into()))
         }
+        ApiError::RemoteUnavailable => {
+            headers.push((header::RETRY_AFTER, super::REMOTE_RETRY_AFTER.into()))
+        }
         ApiError::MethodNotAllowed { allow } => headers.push((header::ALLOW, (*allow).into())),
         _ => {}
     }
@@ -228,6 +255,9 @@ fn body_limit(route: &SyncRoute, gateway: &Gateway) -> usize {
     match route {
         SyncRoute::PostCollection(_) => 2 * limits.max_post_bytes + 64 * 1024,
         SyncRoute::PutRecord(..) => 2 * limits.max_record_bytes + 4096,
+        SyncRoute::Remote(super::remote::RemoteRoute::PutChunk(..)) => {
+            gateway.config.blobs.chunk_bytes as usize
+        }
         _ => gateway.config.server.max_body_bytes,
     }
 }
@@ -259,9 +289,13 @@ where
     let user = super::web::authenticate(&parts.method, &parts.headers, gateway)
         .await?
         .user;
+    let expected = match route {
+        SyncRoute::Remote(super::remote::RemoteRoute::PutChunk(..)) => OCTET_STREAM,
+        _ => "application/json",
+    };
     if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
         let mime = content_type.to_str().unwrap_or("").split(';').next();
-        if !mime.is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")) {
+        if !mime.is_some_and(|m| m.trim().eq_ignore_ascii_case(expected)) {
             return Err(ApiError::UnsupportedMediaType);
         }
     }
@@ -299,6 +333,8 @@ async fn serve(
                 "max_feed_wait_secs": limits.feed_wait_secs,
                 "max_feeds_per_user": limits.max_feeds_per_user,
                 "max_ttl_secs": MAX_TTL_SECS,
+                "blob_chunk_bytes": gateway.config.blobs.chunk_bytes,
+                "max_blob_bytes": gateway.config.blobs.max_blob_bytes,
             }),
             None,
         )),
@@ -350,25 +386,43 @@ async fn serve(
                 return Ok(Answer::not_modified(rev));
             }
             let page = sync.read(collection, since, cursor, limit, now)?;
+            let records =
+                super::remote::fill(gateway, &sync, headers, user, page.records, page.fetch)
+                    .await?;
             Ok(Answer::ok(
-                json!({ "records": page.records, "next": page.next, "rev": page.rev }),
+                json!({ "records": records, "next": page.next, "rev": page.rev }),
                 Some(page.rev),
             ))
         }
         SyncRoute::GetRecord(collection, id) => {
             check_collection(collection)?;
             check_id(id).map_err(|reason| field_error("id", &reason))?;
-            let found = gateway
-                .sync
-                .get(user)
-                .and_then(|u| u.record(collection, id, now));
-            let Some((record, rev)) = found else {
+            let Some(sync) = gateway.sync.get(user) else {
                 return Err(ApiError::NotFound.into());
             };
-            if read_condition(headers)? == Some(rev) {
-                return Ok(Answer::not_modified(rev));
+            // A payload in the linked storage may be replaced between reading the index and
+            // fetching it; then the newer version is read instead.
+            for _ in 0..3 {
+                let Some((record, rev, fetch)) = sync.record(collection, id, now) else {
+                    return Err(ApiError::NotFound.into());
+                };
+                if read_condition(headers)? == Some(rev) {
+                    return Ok(Answer::not_modified(rev));
+                }
+                let filled = super::remote::fill(
+                    gateway,
+                    &sync,
+                    headers,
+                    user,
+                    vec![record],
+                    fetch.into_iter().collect(),
+                )
+                .await?;
+                if let Some(record) = filled.into_iter().next() {
+                    return Ok(Answer::ok(record, Some(rev)));
+                }
             }
-            Ok(Answer::ok(record, Some(rev)))
+            Err(ApiError::RemoteUnavailable.into())
         }
         SyncRoute::PutRecord(collection, id) => {
             check_collection(collection)?;
@@ -382,9 +436,18 @@ async fn serve(
                 deletes: Vec::new(),
             };
             let sync = gateway.sync.user(user);
-            let (rev, commit) =
-                sync.write(user, write, condition, Some(id), limits, &gateway.journal)?;
-            written(&sync, rev, commit, json!({ "id": id, "rev": rev })).await
+            let linked = super::remote::open_link(gateway, user, &sync, headers)?;
+            let rev = super::remote::write(
+                gateway,
+                user,
+                &sync,
+                linked.as_ref(),
+                write,
+                condition,
+                Some(id),
+            )
+            .await?;
+            Ok(Answer::ok(json!({ "id": id, "rev": rev }), Some(rev)))
         }
         SyncRoute::DeleteRecord(collection, id) => {
             check_collection(collection)?;
@@ -397,15 +460,21 @@ async fn serve(
                 puts: Vec::new(),
                 deletes: vec![id.clone()],
             };
-            let (rev, commit) =
-                sync.write(user, write, condition, Some(id), limits, &gateway.journal)?;
-            written(
+            let linked = super::remote::open_link(gateway, user, &sync, headers)?;
+            let rev = super::remote::write(
+                gateway,
+                user,
                 &sync,
-                rev,
-                commit,
-                json!({ "id": id, "rev": rev, "deleted": true }),
+                linked.as_ref(),
+                write,
+                condition,
+                Some(id),
             )
-            .await
+            .await?;
+            Ok(Answer::ok(
+                json!({ "id": id, "rev": rev, "deleted": true }),
+                Some(rev),
+            ))
         }
         SyncRoute::PostCollection(collection) => {
             check_collection(collection)?;
@@ -423,19 +492,27 @@ async fn serve(
                 deletes,
             };
             let sync = gateway.sync.user(user);
-            let (rev, commit) =
-                sync.write(user, write, condition, None, limits, &gateway.journal)?;
-            written(&sync, rev, commit, json!({ "rev": rev, "ids": ids })).await
+            let linked = super::remote::open_link(gateway, user, &sync, headers)?;
+            let rev =
+                super::remote::write(gateway, user, &sync, linked.as_ref(), write, condition, None)
+                    .await?;
+            Ok(Answer::ok(json!({ "rev": rev, "ids": ids }), Some(rev)))
         }
         SyncRoute::DeleteCollection(collection) => {
             check_collection(collection)?;
             let condition = write_condition(headers, false)?;
             let sync = gateway.sync.get(user).ok_or(ApiError::NotFound)?;
+            let linked = super::remote::open_link(gateway, user, &sync, headers)?;
             let (rev, commit) =
                 sync.delete_collection(user, collection, now, condition, limits, &gateway.journal)?;
-            written(&sync, rev, commit, json!({ "rev": rev, "deleted": true })).await
+            let answer = written(&sync, rev, commit, json!({ "rev": rev, "deleted": true })).await;
+            if let Some(linked) = linked {
+                super::remote::collect_garbage(&linked, &sync);
+            }
+            answer
         }
         SyncRoute::Changes => changes(gateway, user, query).await.map_err(Refused::Api),
+        SyncRoute::Remote(route) => super::remote::serve(route, parts, caller, gateway).await,
     }
 }
 
@@ -611,6 +688,7 @@ fn parse_put(body: &[u8], id: &str, max_record_bytes: usize, now: u64) -> Result
         field_error(field, reason)
     })?;
     Ok(Put {
+        remote: None,
         id: id.to_owned(),
         payload,
         sortindex,
@@ -710,6 +788,7 @@ fn parse_batch(
         }
         match record_fields(&mut object, now) {
             Ok((payload, sortindex, expires_ms)) => puts.push(Put {
+                remote: None,
                 id,
                 payload,
                 sortindex,

@@ -566,6 +566,7 @@ fn replay(
         },
         Record::SyncWrite { user, rev, write } => state.sync.replay_write(*user, *rev, write),
         Record::SyncPurged { user, purge } => state.sync.replay_purge(*user, purge),
+        Record::SyncStorage { user, change } => state.sync.replay_storage(*user, change),
     }
     Ok(())
 }

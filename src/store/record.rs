@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::datasync::placement::StorageChange;
 use crate::datasync::{Purge, UserState, Write};
 use crate::device::{DeviceData, Fix};
 use crate::ids::{DeviceId, UserId};
@@ -76,6 +77,12 @@ pub enum Record {
         user: UserId,
         #[serde(flatten)]
         purge: Purge,
+    },
+    /// Where `user`'s payloads live changed: a storage linked, re-keyed or unlinked, payloads
+    /// moved, a blob created, filled or removed. Never a credential in the clear.
+    SyncStorage {
+        user: UserId,
+        change: StorageChange,
     },
 }
 
