@@ -306,6 +306,24 @@ impl UserSync {
             .is_some_and(|r| r.sha256 == sha256)
     }
 
+    /// Whether a name on the storage (as [`record_key`] or [`chunk_key`] make them) is in use:
+    /// a payload a failed write left behind may be the very bytes a retry then stored.
+    pub fn uses_key(&self, key: &str) -> bool {
+        let mut parts = key.splitn(3, '/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("records"), Some(collection), Some(name)) => name
+                .rsplit_once('.')
+                .is_some_and(|(id, sha)| self.refers_to(collection, id, sha)),
+            // Garbage is only ever on the linked storage: a blob moved back here is not using
+            // its old chunks there.
+            (Some("blobs"), Some(blob), Some(_)) => lock(&self.state)
+                .blobs
+                .get(blob)
+                .is_some_and(|b| b.link.is_some()),
+            _ => false,
+        }
+    }
+
     /// Up to `limit` records whose payload is kept here (`inline`) or in the linked storage.
     pub fn to_move(&self, inline: bool, limit: usize) -> Vec<ToMove> {
         let state = lock(&self.state);

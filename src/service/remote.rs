@@ -166,6 +166,9 @@ fn remove_garbage(store: Arc<dyn ObjectStore>, sync: Arc<UserSync>, keys: Vec<St
     tokio::spawn(async move {
         let mut left = Vec::new();
         for key in keys {
+            if sync.uses_key(&key) {
+                continue;
+            }
             if let Err(error) = store.delete(&key).await {
                 warn!(%error, "could not remove an unreferenced payload from the linked storage");
                 left.push(key);

@@ -1,0 +1,610 @@
+//! User-chosen storage against a real WebDAV server (`wsgidav`, with authentication on):
+//! linking (credentials checked, sealed under the client's key), two devices syncing through
+//! it, blobs uploaded in chunks and resumed, what a stolen data directory gives an attacker
+//! without the client's key, the storage going down mid-sync, re-keying, and unlinking.
+//!
+//! Needs `wsgidav` (`pip install wsgidav cheroot`). Without it the tests say SKIP and pass,
+//! unless `WHERESMYFOX_REQUIRE_WEBDAV=1` (set by `.ci/run`), when they fail.
+
+mod support;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use support::{TestServer, assert_error, register};
+use wheresmyfox::client::OwnerClient;
+use wheresmyfox::config::Config;
+use wheresmyfox::datasync::client::{BlobRef, Change, SyncClient, SyncReply};
+use wheresmyfox::datasync::crypto::RootKey;
+use wheresmyfox::error::ApiError;
+use wheresmyfox::ids::UserId;
+use wheresmyfox::remote::link::{KEY_HEADER, NEW_KEY_HEADER, ServerSecret, StorageKey};
+
+const USER: &str = "ada";
+const PASSWORD: &str = "Qv7-app-password-9xTz";
+
+/// A wsgidav server on loopback, serving a temporary folder, Basic authentication on.
+struct Dav {
+    child: Option<Child>,
+    port: u16,
+    config: PathBuf,
+    root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn wsgidav() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("wsgidav"))
+        .find(|p| p.exists())
+}
+
+/// The WebDAV server, or `None` (after a loud SKIP) when wsgidav is not installed.
+fn dav_or_skip(test: &str) -> Option<Dav> {
+    let Some(binary) = wsgidav() else {
+        if std::env::var("WHERESMYFOX_REQUIRE_WEBDAV").as_deref() == Ok("1") {
+            panic!("wsgidav is required (WHERESMYFOX_REQUIRE_WEBDAV=1) but not installed");
+        }
+        eprintln!("SKIP {test}: wsgidav is not installed (pip install wsgidav cheroot)");
+        return None;
+    };
+    Some(Dav::start(&binary))
+}
+
+impl Dav {
+    fn start(binary: &Path) -> Dav {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("files");
+        std::fs::create_dir_all(&root).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("wsgidav.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "host: 127.0.0.1\nport: {port}\nprovider_mapping:\n  \"/\": \"{}\"\n\
+                 http_authenticator:\n  accept_basic: true\n  accept_digest: false\n  \
+                 default_to_digest: false\nsimple_dc:\n  user_mapping:\n    \"*\":\n      \
+                 \"{USER}\":\n        password: \"{PASSWORD}\"\nverbose: 1\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let mut dav = Dav {
+            child: None,
+            port,
+            config,
+            root,
+            _dir: dir,
+        };
+        dav.child = Some(dav.spawn(binary));
+        dav
+    }
+
+    fn spawn(&self, binary: &Path) -> Child {
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start wsgidav");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "wsgidav did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.child = Some(self.spawn(&wsgidav().unwrap()));
+    }
+
+    /// Files under our folder on the storage, relative to it.
+    fn files(&self, under: &str) -> Vec<String> {
+        let base = self.root.join("wheresmyfox");
+        let mut found = Vec::new();
+        let mut stack = vec![base.join(under)];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    found.push(path.strip_prefix(&base).unwrap().display().to_string());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+}
+
+impl Drop for Dav {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn allow_loopback_storage(config: &mut Config) {
+    config.remote_storage.allow_http = true;
+    config.remote_storage.allowed_cidrs = vec!["127.0.0.0/8".into()];
+    config.remote_storage.connect_timeout_ms = 500;
+    config.remote_storage.request_timeout_ms = 3_000;
+    // The smallest chunk, so that a blob of a few hundred KiB has several.
+    config.blobs.chunk_bytes = 64 * 1024;
+}
+
+fn root(owner: &OwnerClient) -> RootKey {
+    RootKey::from_key_material(&[9u8; 32], &owner.userid)
+}
+
+fn key_header(key: &StorageKey) -> (HeaderName, String) {
+    (HeaderName::from_static(KEY_HEADER), key.encode().to_string())
+}
+
+async fn call(
+    client: &mut SyncClient,
+    method: Method,
+    path: &str,
+    headers: &[(HeaderName, String)],
+    body: Option<Value>,
+) -> SyncReply {
+    client
+        .request(method, path, headers, body.as_ref())
+        .await
+        .expect("request")
+}
+
+async fn link(
+    client: &mut SyncClient,
+    dav: &Dav,
+    key: &StorageKey,
+    password: &str,
+) -> SyncReply {
+    let body = json!({"type": "webdav", "url": dav.url(), "username": USER, "password": password});
+    call(
+        client,
+        Method::PUT,
+        "/1/remote-storage",
+        &[key_header(key)],
+        Some(body),
+    )
+    .await
+}
+
+/// Waits (at most two seconds) until `check` holds: removals from the storage run after the
+/// answer.
+async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..40 {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check()
+}
+
+async fn put_chunk(
+    client: &mut SyncClient,
+    path: &str,
+    bytes: Bytes,
+) -> wheresmyfox::client::Reply {
+    client
+        .request_bytes(Method::PUT, path, &[], bytes, "application/octet-stream")
+        .await
+        .unwrap()
+}
+
+/// Every form a secret could be written in: raw, base64, base64url, hex.
+fn encodings(bytes: &[u8]) -> Vec<Vec<u8>> {
+    vec![
+        bytes.to_vec(),
+        STANDARD.encode(bytes).into_bytes(),
+        URL_SAFE_NO_PAD.encode(bytes).into_bytes(),
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            .into_bytes(),
+    ]
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let (path, kind) = (entry.path(), entry.file_type().unwrap());
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Collects what the server logs during the tests of this binary.
+#[derive(Clone, Default)]
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn two_devices_sync_through_a_linked_webdav_and_the_disk_keeps_only_sealed_credentials() {
+    let Some(dav) = dav_or_skip("two_devices_sync_through_a_linked_webdav") else {
+        return;
+    };
+    let sink = LogSink::default();
+    let writer = sink.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .try_init();
+    let server = TestServer::start_with(allow_loopback_storage).await;
+    let mut owner = server.owner("linker").await;
+    let (phone_id, phone_secret) = register(&mut owner, "phone").await;
+    let (tablet_id, tablet_secret) = register(&mut owner, "tablet").await;
+    let mut phone = SyncClient::device(server.http(), &phone_id, &phone_secret, root(&owner));
+    let mut tablet = SyncClient::device(server.http(), &tablet_id, &tablet_secret, root(&owner));
+
+    // Before linking, data is kept here, as always.
+    phone
+        .put("contacts", "grace", b"Grace Hopper, +1 555 0100", None)
+        .await
+        .unwrap();
+
+    let key = StorageKey::random();
+    // The storage is checked before anything is kept: a wrong app password is refused.
+    let refused = link(&mut phone, &dav, &key, "not-the-password").await;
+    assert_error(refused.status, &refused.body, 400, 355, "refused this user name");
+    let no_key = call(
+        &mut phone,
+        Method::PUT,
+        "/1/remote-storage",
+        &[],
+        Some(json!({"url": dav.url(), "username": USER, "password": PASSWORD})),
+    )
+    .await;
+    assert_error(no_key.status, &no_key.body, 400, 350, "X-Storage-Key");
+    let status = call(&mut phone, Method::GET, "/1/remote-storage", &[], None).await;
+    assert_eq!(status.body["linked"], false);
+
+    // Linked: what was kept here moves there (the contact and its collection key).
+    let linked = link(&mut phone, &dav, &key, PASSWORD).await;
+    assert_eq!(linked.status, StatusCode::OK, "{}", linked.body);
+    assert_eq!(linked.body["linked"], true);
+    assert_eq!(linked.body["moved"]["records"], 2);
+    assert_eq!(linked.body["records_here"], 0);
+    assert_eq!(dav.files("records").len(), 2, "{:?}", dav.files("records"));
+
+    // Without the key the server cannot reach the storage, and says so; with the wrong key
+    // it cannot open the credentials.
+    let blind = tablet.get("contacts", "grace").await;
+    assert!(format!("{blind:?}").contains("350"), "{blind:?}");
+    tablet.use_storage_key(Some(&StorageKey::random()));
+    let wrong = call(&mut tablet, Method::GET, "/1/storage/contacts/grace", &[], None).await;
+    assert_error(wrong.status, &wrong.body, 403, 352, "does not open");
+
+    // Both devices with the key: a write on one lands in the storage and the other reads it.
+    phone.use_storage_key(Some(&key));
+    tablet.use_storage_key(Some(&key));
+    let rev = phone
+        .put("contacts", "alan", b"Alan Turing, +44 555 0199", None)
+        .await
+        .unwrap();
+    let (changes, _) = tablet.changes_since("contacts", 0, 100).await.unwrap();
+    let plaintexts: Vec<Vec<u8>> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Put { plaintext, .. } => Some(plaintext.clone()),
+            Change::Deleted { .. } => None,
+        })
+        .collect();
+    assert!(plaintexts.contains(&b"Alan Turing, +44 555 0199".to_vec()));
+    assert!(plaintexts.contains(&b"Grace Hopper, +1 555 0100".to_vec()));
+    assert_eq!(dav.files("records").len(), 3);
+    // The stored payload is the client's ciphertext: the storage's owner cannot read it either.
+    for file in dav.files("records") {
+        let bytes = std::fs::read(dav.root.join("wheresmyfox").join(&file)).unwrap();
+        assert!(!contains(&bytes, b"Turing") && !contains(&bytes, b"Hopper"));
+    }
+
+    // A photo as a blob, in chunks, referred to from a record; the tablet gets it back.
+    let photo: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let blob = phone.upload_blob(&photo).await.unwrap();
+    assert_eq!(blob.size, 200_000);
+    assert_eq!(dav.files("blobs").len(), 4, "{:?}", dav.files("blobs"));
+    let reference = serde_json::to_vec(&blob).unwrap();
+    phone
+        .put("photos", "p1", &reference, None)
+        .await
+        .unwrap();
+    let got = tablet.get("photos", "p1").await.unwrap().unwrap();
+    let blob_ref: BlobRef = serde_json::from_slice(&got.0).unwrap();
+    assert_eq!(tablet.download_blob(&blob_ref).await.unwrap(), photo);
+
+    // The server's disk holds neither the app password nor the key, in any form.
+    let dir = server.stop_keeping_data().await;
+    let key_bytes = URL_SAFE_NO_PAD.decode(key.encode().as_bytes()).unwrap();
+    let logged = sink.0.lock().unwrap().clone();
+    for file in files_under(dir.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        for secret in [PASSWORD.as_bytes(), &key_bytes[..]] {
+            for form in encodings(secret) {
+                assert!(!contains(&bytes, &form), "{} holds a secret", file.display());
+                assert!(!contains(&logged, &form), "a secret was logged");
+            }
+        }
+        assert!(!contains(&bytes, b"Turing"));
+    }
+
+    // An attacker with the whole data directory, but not the client's key: the sealed
+    // credentials (recovered from it exactly as the server does on start) do not open.
+    let server = TestServer::start_in(dir, allow_loopback_storage).await;
+    let user: UserId = owner.userid.parse().unwrap();
+    let stored = server.gateway.sync.get(user).unwrap().link().unwrap();
+    let secret = ServerSecret::load(server.dir.path(), None).unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            secret.open(&StorageKey::random(), user, &stored),
+            Err(ApiError::RemoteKeyWrong)
+        ));
+    }
+    let opened = secret.open(&key, user, &stored).unwrap();
+    assert_eq!(opened.password.as_str(), PASSWORD);
+
+    // And after the restart, the devices go on as before.
+    let mut tablet = SyncClient::device(server.http(), &tablet_id, &tablet_secret, root(&owner));
+    tablet.use_storage_key(Some(&key));
+    let (plaintext, current) = tablet.get("contacts", "alan").await.unwrap().unwrap();
+    assert_eq!((plaintext.as_slice(), current), (&b"Alan Turing, +44 555 0199"[..], rev));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn blob_uploads_resume_and_are_checked_chunk_by_chunk() {
+    let Some(dav) = dav_or_skip("blob_uploads_resume_and_are_checked_chunk_by_chunk") else {
+        return;
+    };
+    let server = TestServer::start_with(allow_loopback_storage).await;
+    let owner = server.owner("blobs").await;
+    let mut client = SyncClient::owner(server.http(), &owner.token, root(&owner));
+    let key = StorageKey::random();
+    assert_eq!(link(&mut client, &dav, &key, PASSWORD).await.status, StatusCode::OK);
+    client.use_storage_key(Some(&key));
+
+    let chunk = 64 * 1024;
+    let created = call(
+        &mut client,
+        Method::POST,
+        "/1/blobs",
+        &[],
+        Some(json!({"size": 2 * chunk + 10})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["chunks"], 3);
+    let id = created.body["blob_id"].as_str().unwrap().to_owned();
+    let piece = |i: u8, len: usize| Bytes::from(vec![i; len]);
+    let path = |index: u64| format!("/1/blobs/{id}/chunks/{index}");
+    // Chunks 0 and 2 arrive, then the connection "drops": the status says what is missing.
+    assert_eq!(put_chunk(&mut client, &path(0), piece(0, chunk)).await.status, StatusCode::OK);
+    assert_eq!(put_chunk(&mut client, &path(2), piece(2, 10)).await.status, StatusCode::OK);
+    // A chunk of the wrong length is refused and changes nothing.
+    let short = put_chunk(&mut client, &path(1), piece(1, 5)).await;
+    assert_eq!(short.status, StatusCode::BAD_REQUEST);
+    let meta = call(&mut client, Method::GET, &format!("/1/blobs/{id}"), &[], None).await;
+    assert_eq!(meta.body["missing"], json!([1]));
+    assert_eq!(meta.body["complete"], false);
+    let early = call(
+        &mut client,
+        Method::GET,
+        &format!("/1/blobs/{id}/chunks/1"),
+        &[],
+        None,
+    )
+    .await;
+    assert_error(early.status, &early.body, 409, 359, "not complete");
+    // Resumed: the missing chunk, and chunk 2 again (a retry is harmless).
+    assert_eq!(put_chunk(&mut client, &path(1), piece(1, chunk)).await.status, StatusCode::OK);
+    let done = put_chunk(&mut client, &path(2), piece(2, 10)).await;
+    let done: Value = serde_json::from_slice(&done.body).unwrap();
+    assert_eq!(done["complete"], true);
+    assert_eq!(done["stored"], "linked");
+    let mut digests = Vec::new();
+    for bytes in [piece(0, chunk), piece(1, chunk), piece(2, 10)] {
+        digests.extend(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref().to_vec());
+    }
+    let hash = ring::digest::digest(&ring::digest::SHA256, &digests);
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(done["hash"], hex);
+    assert_eq!(dav.files("blobs").len(), 3);
+
+    // A chunk altered on the storage is caught on the way out.
+    let stored = dav.root.join(format!("wheresmyfox/blobs/{id}/000001"));
+    std::fs::write(&stored, vec![9u8; chunk]).unwrap();
+    let tampered = client
+        .request_bytes(
+            Method::GET,
+            &format!("/1/blobs/{id}/chunks/1"),
+            &[],
+            Bytes::new(),
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(tampered.status, StatusCode::BAD_GATEWAY);
+
+    let deleted = call(&mut client, Method::DELETE, &format!("/1/blobs/{id}"), &[], None).await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert!(eventually(|| dav.files("blobs").is_empty()).await);
+    let too_big = call(
+        &mut client,
+        Method::POST,
+        "/1/blobs",
+        &[],
+        Some(json!({"size": 1u64 << 40})),
+    )
+    .await;
+    assert_error(too_big.status, &too_big.body, 413, 361, "at most");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_storage_going_down_mid_sync_changes_nothing_and_a_retry_goes_through() {
+    let Some(mut dav) = dav_or_skip("the_storage_going_down_mid_sync") else {
+        return;
+    };
+    let server = TestServer::start_with(allow_loopback_storage).await;
+    let owner = server.owner("outage").await;
+    let mut client = SyncClient::owner(server.http(), &owner.token, root(&owner));
+    let key = StorageKey::random();
+    assert_eq!(link(&mut client, &dav, &key, PASSWORD).await.status, StatusCode::OK);
+    client.use_storage_key(Some(&key));
+    let first = client.put("notes", "n1", b"first", None).await.unwrap();
+
+    dav.stop();
+    let body = json!({"payload": "second"});
+    let down = call(
+        &mut client,
+        Method::PUT,
+        "/1/storage/notes/n1",
+        &[],
+        Some(body.clone()),
+    )
+    .await;
+    assert_error(down.status, &down.body, 503, 353, "try again later");
+    assert_eq!(down.headers["retry-after"], "5");
+    // Nothing was written: the revision did not move.
+    let info = call(&mut client, Method::GET, "/1/info/collections", &[], None).await;
+    assert_eq!(info.body["notes"], first);
+    let unreadable = call(&mut client, Method::GET, "/1/storage/notes/n1", &[], None).await;
+    assert_eq!(unreadable.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    dav.restart();
+    let again = call(
+        &mut client,
+        Method::PUT,
+        "/1/storage/notes/n1",
+        &[],
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    let read = call(&mut client, Method::GET, "/1/storage/notes/n1", &[], None).await;
+    assert_eq!(read.body["payload"], "second", "{} {}", read.status, read.body);
+    // The same write once more: same bytes, same name; the replaced payload went.
+    let twice = call(&mut client, Method::PUT, "/1/storage/notes/n1", &[], Some(body)).await;
+    assert_eq!(twice.status, StatusCode::OK);
+    assert!(eventually(|| dav.files("records/notes").len() == 1).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rekeying_and_unlinking_move_or_leave_the_data_as_the_owner_chooses() {
+    let Some(dav) = dav_or_skip("rekeying_and_unlinking") else {
+        return;
+    };
+    let server = TestServer::start_with(allow_loopback_storage).await;
+    let owner = server.owner("rekey").await;
+    let mut client = SyncClient::owner(server.http(), &owner.token, root(&owner));
+    let old = StorageKey::random();
+    assert_eq!(link(&mut client, &dav, &old, PASSWORD).await.status, StatusCode::OK);
+    client.use_storage_key(Some(&old));
+    client.put("notes", "n1", b"kept", None).await.unwrap();
+
+    // Re-key: the old key opens nothing any more, the new one does.
+    let new = StorageKey::random();
+    let rekeyed = call(
+        &mut client,
+        Method::POST,
+        "/1/remote-storage/rekey",
+        &[(HeaderName::from_static(NEW_KEY_HEADER), new.encode().to_string())],
+        None,
+    )
+    .await;
+    assert_eq!(rekeyed.status, StatusCode::OK, "{}", rekeyed.body);
+    let stale = call(&mut client, Method::GET, "/1/storage/notes/n1", &[], None).await;
+    assert_error(stale.status, &stale.body, 403, 352, "does not open");
+    client.use_storage_key(Some(&new));
+    assert_eq!(
+        client.get("notes", "n1").await.unwrap().unwrap().0,
+        b"kept"
+    );
+
+    // Unlink, moving the data back: it is readable here without any key, and gone there.
+    let unlinked = call(&mut client, Method::DELETE, "/1/remote-storage", &[], None).await;
+    assert_eq!(unlinked.status, StatusCode::OK, "{}", unlinked.body);
+    assert_eq!(unlinked.body["linked"], false);
+    assert_eq!(unlinked.body["unlinked"]["moved"]["records"], 2);
+    client.use_storage_key(None);
+    assert_eq!(
+        client.get("notes", "n1").await.unwrap().unwrap().0,
+        b"kept"
+    );
+    assert!(eventually(|| dav.files("records").is_empty()).await);
+
+    // Link again, then unlink leaving the data there: the files stay, sync forgets them.
+    assert_eq!(link(&mut client, &dav, &new, PASSWORD).await.status, StatusCode::OK);
+    assert_eq!(dav.files("records").len(), 2);
+    let left = call(
+        &mut client,
+        Method::DELETE,
+        "/1/remote-storage?data=leave",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(left.status, StatusCode::OK, "{}", left.body);
+    assert_eq!(left.body["unlinked"]["dropped"]["records"], 2);
+    assert_eq!(dav.files("records").len(), 2);
+    let listing = call(&mut client, Method::GET, "/1/storage/notes", &[], None).await;
+    assert_eq!(listing.body["records"], json!([]));
+    let nothing = call(&mut client, Method::DELETE, "/1/remote-storage", &[], None).await;
+    assert_error(nothing.status, &nothing.body, 409, 356, "no linked storage");
+    server.stop().await;
+}
