@@ -103,12 +103,13 @@ impl Gateway {
             devices = registry.len(),
             "state recovered"
         );
-        let remote = crate::remote::RemoteStorage::new(&config, resolver.clone()).map_err(
-            |source| StoreError::Io {
-                path: data.path.join(crate::remote::link::SECRET_FILE),
-                source,
-            },
-        )?;
+        let remote =
+            crate::remote::RemoteStorage::new(&config, resolver.clone()).map_err(|source| {
+                StoreError::Io {
+                    path: data.path.join(crate::remote::link::SECRET_FILE),
+                    source,
+                }
+            })?;
         let push = Pusher::new(&config, resolver);
         let oidc = crate::oidc::Oidc::new(&config.oidc);
         Ok(Arc::new(Gateway {
@@ -244,7 +245,7 @@ impl Gateway {
                         return;
                     };
                     gateway.purge_sync();
-                    crate::service::remote::expire_uploads(&gateway).await;
+                    crate::service::remote::expire_uploads(&gateway, now_ms()).await;
                 }
             })
         };

@@ -410,9 +410,25 @@ impl Outbound {
                 .await
                 .map_err(timed_out)?
                 .map_err(OutboundError::Tls)?;
-            exchange(tls, &target, request, deadline, self.timeouts.request, max_body).await
+            exchange(
+                tls,
+                &target,
+                request,
+                deadline,
+                self.timeouts.request,
+                max_body,
+            )
+            .await
         } else {
-            exchange(stream, &target, request, deadline, self.timeouts.request, max_body).await
+            exchange(
+                stream,
+                &target,
+                request,
+                deadline,
+                self.timeouts.request,
+                max_body,
+            )
+            .await
         }
     }
 

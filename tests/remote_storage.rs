@@ -42,27 +42,31 @@ struct Dav {
     _dir: tempfile::TempDir,
 }
 
-fn wsgidav() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("wsgidav"))
-        .find(|p| p.exists())
+/// Whether Python has wsgidav and its web server (run as a module, so pip's script directory
+/// need not be on `PATH`).
+fn wsgidav_installed() -> bool {
+    Command::new("python3")
+        .args(["-c", "import wsgidav, cheroot"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The WebDAV server, or `None` (after a loud SKIP) when wsgidav is not installed.
 fn dav_or_skip(test: &str) -> Option<Dav> {
-    let Some(binary) = wsgidav() else {
+    if !wsgidav_installed() {
         if std::env::var("WHERESMYFOX_REQUIRE_WEBDAV").as_deref() == Ok("1") {
             panic!("wsgidav is required (WHERESMYFOX_REQUIRE_WEBDAV=1) but not installed");
         }
         eprintln!("SKIP {test}: wsgidav is not installed (pip install wsgidav cheroot)");
         return None;
-    };
-    Some(Dav::start(&binary))
+    }
+    Some(Dav::start())
 }
 
 impl Dav {
-    fn start(binary: &Path) -> Dav {
+    fn start() -> Dav {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("files");
         std::fs::create_dir_all(&root).unwrap();
@@ -90,13 +94,13 @@ impl Dav {
             root,
             _dir: dir,
         };
-        dav.child = Some(dav.spawn(binary));
+        dav.child = Some(dav.spawn());
         dav
     }
 
-    fn spawn(&self, binary: &Path) -> Child {
-        let child = Command::new(binary)
-            .arg("--config")
+    fn spawn(&self) -> Child {
+        let child = Command::new("python3")
+            .args(["-m", "wsgidav.server.server_cli", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -123,7 +127,7 @@ impl Dav {
 
     fn restart(&mut self) {
         self.stop();
-        self.child = Some(self.spawn(&wsgidav().unwrap()));
+        self.child = Some(self.spawn());
     }
 
     /// Files under our folder on the storage, relative to it.
@@ -169,7 +173,10 @@ fn root(owner: &OwnerClient) -> RootKey {
 }
 
 fn key_header(key: &StorageKey) -> (HeaderName, String) {
-    (HeaderName::from_static(KEY_HEADER), key.encode().to_string())
+    (
+        HeaderName::from_static(KEY_HEADER),
+        key.encode().to_string(),
+    )
 }
 
 async fn call(
@@ -185,12 +192,7 @@ async fn call(
         .expect("request")
 }
 
-async fn link(
-    client: &mut SyncClient,
-    dav: &Dav,
-    key: &StorageKey,
-    password: &str,
-) -> SyncReply {
+async fn link(client: &mut SyncClient, dav: &Dav, key: &StorageKey, password: &str) -> SyncReply {
     let body = json!({"type": "webdav", "url": dav.url(), "username": USER, "password": password});
     call(
         client,
@@ -300,7 +302,13 @@ async fn two_devices_sync_through_a_linked_webdav_and_the_disk_keeps_only_sealed
     let key = StorageKey::random();
     // The storage is checked before anything is kept: a wrong app password is refused.
     let refused = link(&mut phone, &dav, &key, "not-the-password").await;
-    assert_error(refused.status, &refused.body, 400, 355, "refused this user name");
+    assert_error(
+        refused.status,
+        &refused.body,
+        400,
+        355,
+        "refused this user name",
+    );
     let no_key = call(
         &mut phone,
         Method::PUT,
@@ -326,7 +334,14 @@ async fn two_devices_sync_through_a_linked_webdav_and_the_disk_keeps_only_sealed
     let blind = tablet.get("contacts", "grace").await;
     assert!(format!("{blind:?}").contains("350"), "{blind:?}");
     tablet.use_storage_key(Some(&StorageKey::random()));
-    let wrong = call(&mut tablet, Method::GET, "/1/storage/contacts/grace", &[], None).await;
+    let wrong = call(
+        &mut tablet,
+        Method::GET,
+        "/1/storage/contacts/grace",
+        &[],
+        None,
+    )
+    .await;
     assert_error(wrong.status, &wrong.body, 403, 352, "does not open");
 
     // Both devices with the key: a write on one lands in the storage and the other reads it.
@@ -359,10 +374,7 @@ async fn two_devices_sync_through_a_linked_webdav_and_the_disk_keeps_only_sealed
     assert_eq!(blob.size, 200_000);
     assert_eq!(dav.files("blobs").len(), 4, "{:?}", dav.files("blobs"));
     let reference = serde_json::to_vec(&blob).unwrap();
-    phone
-        .put("photos", "p1", &reference, None)
-        .await
-        .unwrap();
+    phone.put("photos", "p1", &reference, None).await.unwrap();
     let got = tablet.get("photos", "p1").await.unwrap().unwrap();
     let blob_ref: BlobRef = serde_json::from_slice(&got.0).unwrap();
     assert_eq!(tablet.download_blob(&blob_ref).await.unwrap(), photo);
@@ -375,7 +387,11 @@ async fn two_devices_sync_through_a_linked_webdav_and_the_disk_keeps_only_sealed
         let bytes = std::fs::read(&file).unwrap();
         for secret in [PASSWORD.as_bytes(), &key_bytes[..]] {
             for form in encodings(secret) {
-                assert!(!contains(&bytes, &form), "{} holds a secret", file.display());
+                assert!(
+                    !contains(&bytes, &form),
+                    "{} holds a secret",
+                    file.display()
+                );
                 assert!(!contains(&logged, &form), "a secret was logged");
             }
         }
@@ -401,7 +417,10 @@ async fn two_devices_sync_through_a_linked_webdav_and_the_disk_keeps_only_sealed
     let mut tablet = SyncClient::device(server.http(), &tablet_id, &tablet_secret, root(&owner));
     tablet.use_storage_key(Some(&key));
     let (plaintext, current) = tablet.get("contacts", "alan").await.unwrap().unwrap();
-    assert_eq!((plaintext.as_slice(), current), (&b"Alan Turing, +44 555 0199"[..], rev));
+    assert_eq!(
+        (plaintext.as_slice(), current),
+        (&b"Alan Turing, +44 555 0199"[..], rev)
+    );
     server.stop().await;
 }
 
@@ -414,7 +433,10 @@ async fn blob_uploads_resume_and_are_checked_chunk_by_chunk() {
     let owner = server.owner("blobs").await;
     let mut client = SyncClient::owner(server.http(), &owner.token, root(&owner));
     let key = StorageKey::random();
-    assert_eq!(link(&mut client, &dav, &key, PASSWORD).await.status, StatusCode::OK);
+    assert_eq!(
+        link(&mut client, &dav, &key, PASSWORD).await.status,
+        StatusCode::OK
+    );
     client.use_storage_key(Some(&key));
 
     let chunk = 64 * 1024;
@@ -432,12 +454,27 @@ async fn blob_uploads_resume_and_are_checked_chunk_by_chunk() {
     let piece = |i: u8, len: usize| Bytes::from(vec![i; len]);
     let path = |index: u64| format!("/1/blobs/{id}/chunks/{index}");
     // Chunks 0 and 2 arrive, then the connection "drops": the status says what is missing.
-    assert_eq!(put_chunk(&mut client, &path(0), piece(0, chunk)).await.status, StatusCode::OK);
-    assert_eq!(put_chunk(&mut client, &path(2), piece(2, 10)).await.status, StatusCode::OK);
+    assert_eq!(
+        put_chunk(&mut client, &path(0), piece(0, chunk))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        put_chunk(&mut client, &path(2), piece(2, 10)).await.status,
+        StatusCode::OK
+    );
     // A chunk of the wrong length is refused and changes nothing.
     let short = put_chunk(&mut client, &path(1), piece(1, 5)).await;
     assert_eq!(short.status, StatusCode::BAD_REQUEST);
-    let meta = call(&mut client, Method::GET, &format!("/1/blobs/{id}"), &[], None).await;
+    let meta = call(
+        &mut client,
+        Method::GET,
+        &format!("/1/blobs/{id}"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(meta.body["missing"], json!([1]));
     assert_eq!(meta.body["complete"], false);
     let early = call(
@@ -450,14 +487,23 @@ async fn blob_uploads_resume_and_are_checked_chunk_by_chunk() {
     .await;
     assert_error(early.status, &early.body, 409, 359, "not complete");
     // Resumed: the missing chunk, and chunk 2 again (a retry is harmless).
-    assert_eq!(put_chunk(&mut client, &path(1), piece(1, chunk)).await.status, StatusCode::OK);
+    assert_eq!(
+        put_chunk(&mut client, &path(1), piece(1, chunk))
+            .await
+            .status,
+        StatusCode::OK
+    );
     let done = put_chunk(&mut client, &path(2), piece(2, 10)).await;
     let done: Value = serde_json::from_slice(&done.body).unwrap();
     assert_eq!(done["complete"], true);
     assert_eq!(done["stored"], "linked");
     let mut digests = Vec::new();
     for bytes in [piece(0, chunk), piece(1, chunk), piece(2, 10)] {
-        digests.extend(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref().to_vec());
+        digests.extend(
+            ring::digest::digest(&ring::digest::SHA256, &bytes)
+                .as_ref()
+                .to_vec(),
+        );
     }
     let hash = ring::digest::digest(&ring::digest::SHA256, &digests);
     let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
@@ -479,7 +525,14 @@ async fn blob_uploads_resume_and_are_checked_chunk_by_chunk() {
         .unwrap();
     assert_eq!(tampered.status, StatusCode::BAD_GATEWAY);
 
-    let deleted = call(&mut client, Method::DELETE, &format!("/1/blobs/{id}"), &[], None).await;
+    let deleted = call(
+        &mut client,
+        Method::DELETE,
+        &format!("/1/blobs/{id}"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(deleted.status, StatusCode::OK);
     assert!(eventually(|| dav.files("blobs").is_empty()).await);
     let too_big = call(
@@ -503,7 +556,10 @@ async fn the_storage_going_down_mid_sync_changes_nothing_and_a_retry_goes_throug
     let owner = server.owner("outage").await;
     let mut client = SyncClient::owner(server.http(), &owner.token, root(&owner));
     let key = StorageKey::random();
-    assert_eq!(link(&mut client, &dav, &key, PASSWORD).await.status, StatusCode::OK);
+    assert_eq!(
+        link(&mut client, &dav, &key, PASSWORD).await.status,
+        StatusCode::OK
+    );
     client.use_storage_key(Some(&key));
     let first = client.put("notes", "n1", b"first", None).await.unwrap();
 
@@ -536,9 +592,20 @@ async fn the_storage_going_down_mid_sync_changes_nothing_and_a_retry_goes_throug
     .await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
     let read = call(&mut client, Method::GET, "/1/storage/notes/n1", &[], None).await;
-    assert_eq!(read.body["payload"], "second", "{} {}", read.status, read.body);
+    assert_eq!(
+        read.body["payload"], "second",
+        "{} {}",
+        read.status, read.body
+    );
     // The same write once more: same bytes, same name; the replaced payload went.
-    let twice = call(&mut client, Method::PUT, "/1/storage/notes/n1", &[], Some(body)).await;
+    let twice = call(
+        &mut client,
+        Method::PUT,
+        "/1/storage/notes/n1",
+        &[],
+        Some(body),
+    )
+    .await;
     assert_eq!(twice.status, StatusCode::OK);
     assert!(eventually(|| dav.files("records/notes").len() == 1).await);
     server.stop().await;
@@ -553,7 +620,10 @@ async fn rekeying_and_unlinking_move_or_leave_the_data_as_the_owner_chooses() {
     let owner = server.owner("rekey").await;
     let mut client = SyncClient::owner(server.http(), &owner.token, root(&owner));
     let old = StorageKey::random();
-    assert_eq!(link(&mut client, &dav, &old, PASSWORD).await.status, StatusCode::OK);
+    assert_eq!(
+        link(&mut client, &dav, &old, PASSWORD).await.status,
+        StatusCode::OK
+    );
     client.use_storage_key(Some(&old));
     client.put("notes", "n1", b"kept", None).await.unwrap();
 
@@ -563,7 +633,10 @@ async fn rekeying_and_unlinking_move_or_leave_the_data_as_the_owner_chooses() {
         &mut client,
         Method::POST,
         "/1/remote-storage/rekey",
-        &[(HeaderName::from_static(NEW_KEY_HEADER), new.encode().to_string())],
+        &[(
+            HeaderName::from_static(NEW_KEY_HEADER),
+            new.encode().to_string(),
+        )],
         None,
     )
     .await;
@@ -571,10 +644,7 @@ async fn rekeying_and_unlinking_move_or_leave_the_data_as_the_owner_chooses() {
     let stale = call(&mut client, Method::GET, "/1/storage/notes/n1", &[], None).await;
     assert_error(stale.status, &stale.body, 403, 352, "does not open");
     client.use_storage_key(Some(&new));
-    assert_eq!(
-        client.get("notes", "n1").await.unwrap().unwrap().0,
-        b"kept"
-    );
+    assert_eq!(client.get("notes", "n1").await.unwrap().unwrap().0, b"kept");
 
     // Unlink, moving the data back: it is readable here without any key, and gone there.
     let unlinked = call(&mut client, Method::DELETE, "/1/remote-storage", &[], None).await;
@@ -582,14 +652,14 @@ async fn rekeying_and_unlinking_move_or_leave_the_data_as_the_owner_chooses() {
     assert_eq!(unlinked.body["linked"], false);
     assert_eq!(unlinked.body["unlinked"]["moved"]["records"], 2);
     client.use_storage_key(None);
-    assert_eq!(
-        client.get("notes", "n1").await.unwrap().unwrap().0,
-        b"kept"
-    );
+    assert_eq!(client.get("notes", "n1").await.unwrap().unwrap().0, b"kept");
     assert!(eventually(|| dav.files("records").is_empty()).await);
 
     // Link again, then unlink leaving the data there: the files stay, sync forgets them.
-    assert_eq!(link(&mut client, &dav, &new, PASSWORD).await.status, StatusCode::OK);
+    assert_eq!(
+        link(&mut client, &dav, &new, PASSWORD).await.status,
+        StatusCode::OK
+    );
     assert_eq!(dav.files("records").len(), 2);
     let left = call(
         &mut client,
@@ -606,5 +676,86 @@ async fn rekeying_and_unlinking_move_or_leave_the_data_as_the_owner_chooses() {
     assert_eq!(listing.body["records"], json!([]));
     let nothing = call(&mut client, Method::DELETE, "/1/remote-storage", &[], None).await;
     assert_error(nothing.status, &nothing.body, 409, 356, "no linked storage");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn blobs_are_kept_here_until_a_storage_is_linked_and_follow_the_data_both_ways() {
+    let Some(dav) = dav_or_skip("blobs_are_kept_here_until_a_storage_is_linked") else {
+        return;
+    };
+    let server = TestServer::start_with(allow_loopback_storage).await;
+    let owner = server.owner("blobs-here").await;
+    let mut client = SyncClient::owner(server.http(), &owner.token, root(&owner));
+
+    // Without a linked storage a blob's chunks are files in the data directory, and they
+    // survive a restart like everything else.
+    let backup: Vec<u8> = (0..150_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let blob = client.upload_blob(&backup).await.unwrap();
+    let user: UserId = owner.userid.parse().unwrap();
+    let local = server.dir.path().join("blobs").join(user.to_string());
+    assert_eq!(files_under(&local).len(), 3);
+    let dir = server.stop_keeping_data().await;
+    let server = TestServer::start_in(dir, allow_loopback_storage).await;
+    let mut client = SyncClient::owner(server.http(), &owner.token, root(&owner));
+    assert_eq!(client.download_blob(&blob).await.unwrap(), backup);
+
+    // Linking moves it there, and nothing of it stays here.
+    let key = StorageKey::random();
+    let linked = link(&mut client, &dav, &key, PASSWORD).await;
+    assert_eq!(linked.body["moved"]["blobs"], 1, "{}", linked.body);
+    assert_eq!(dav.files("blobs").len(), 3);
+    assert!(files_under(&local).is_empty());
+    let blind = client.download_blob(&blob).await;
+    assert!(format!("{blind:?}").contains("350"), "{blind:?}");
+    client.use_storage_key(Some(&key));
+    assert_eq!(client.download_blob(&blob).await.unwrap(), backup);
+
+    // Unlinking with the data moved back brings it home.
+    let unlinked = call(&mut client, Method::DELETE, "/1/remote-storage", &[], None).await;
+    assert_eq!(
+        unlinked.body["unlinked"]["moved"]["blobs"], 1,
+        "{}",
+        unlinked.body
+    );
+    client.use_storage_key(None);
+    assert_eq!(client.download_blob(&blob).await.unwrap(), backup);
+    assert_eq!(files_under(&local).len(), 3);
+    assert!(eventually(|| dav.files("blobs").is_empty()).await);
+
+    // An upload never finished is removed after blobs.upload_ttl_secs, chunks and all.
+    let started = call(
+        &mut client,
+        Method::POST,
+        "/1/blobs",
+        &[],
+        Some(json!({"size": 70_000})),
+    )
+    .await;
+    let id = started.body["blob_id"].as_str().unwrap().to_owned();
+    let first = put_chunk(
+        &mut client,
+        &format!("/1/blobs/{id}/chunks/0"),
+        Bytes::from(vec![1u8; 64 * 1024]),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(files_under(&local).len(), 4);
+    let now = wheresmyfox::clock::now_ms();
+    let expired = wheresmyfox::service::remote::expire_uploads(&server.gateway, now).await;
+    assert_eq!(expired, 0, "not yet");
+    let later = now + server.gateway.config.blobs.upload_ttl_secs * 1000 + 1;
+    let expired = wheresmyfox::service::remote::expire_uploads(&server.gateway, later).await;
+    assert_eq!(expired, 1);
+    let gone = call(
+        &mut client,
+        Method::GET,
+        &format!("/1/blobs/{id}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert_eq!(files_under(&local).len(), 3);
     server.stop().await;
 }

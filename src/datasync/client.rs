@@ -252,7 +252,12 @@ impl SyncClient {
         };
         let size = (plaintext.len() + pieces.len() * crypto::CHUNK_OVERHEAD) as u64;
         let reply = self
-            .request(Method::POST, "/1/blobs", &[], Some(&json!({ "size": size })))
+            .request(
+                Method::POST,
+                "/1/blobs",
+                &[],
+                Some(&json!({ "size": size })),
+            )
             .await?;
         let Some(blob_id) = reply.body["blob_id"].as_str().map(str::to_owned) else {
             return Err(SyncClient::fail(reply));

@@ -248,7 +248,13 @@ fn chunk_aad(blob: &str, index: u64, last: bool, kid: &str) -> Vec<u8> {
 }
 
 /// Seals one chunk of a blob: nonce (24 bytes), then ciphertext and tag.
-pub fn seal_chunk(key: &SecretKey, blob: &str, index: u64, last: bool, plaintext: &[u8]) -> Vec<u8> {
+pub fn seal_chunk(
+    key: &SecretKey,
+    blob: &str,
+    index: u64,
+    last: bool,
+    plaintext: &[u8],
+) -> Vec<u8> {
     let mut nonce = [0u8; 24];
     rand::thread_rng().fill_bytes(&mut nonce);
     let cipher = XChaCha20Poly1305::new((&key.bytes).into());

@@ -18,7 +18,7 @@ use crate::config::SyncConfig;
 use crate::error::ApiError;
 use crate::ids::UserId;
 use crate::remote::link::StoredLink;
-use crate::remote::{RemoteRef, chunk_key, record_key};
+use crate::remote::{RemoteRef, chunk_key};
 use crate::store::record::Record;
 use crate::store::{Commit, Durability, Journal};
 
@@ -175,7 +175,9 @@ impl UserState {
                 }
             }
             StorageChange::BlobCreated { blob, meta } => {
-                self.blobs.entry(blob.clone()).or_insert_with(|| meta.clone());
+                self.blobs
+                    .entry(blob.clone())
+                    .or_insert_with(|| meta.clone());
             }
             StorageChange::BlobChunk {
                 blob,
@@ -428,19 +430,11 @@ impl UserSync {
     }
 }
 
-/// The storage names of a set of moved records' payloads.
-pub fn moved_keys(collection: &str, moved: &[Moved], sha256s: &[String]) -> Vec<String> {
-    moved
-        .iter()
-        .zip(sha256s)
-        .map(|(m, sha)| record_key(collection, &m.id, sha))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::datasync::{Put, SyncStore};
+    use crate::remote::record_key;
 
     #[test]
     fn blob_chunks_lengths_and_hash() {
@@ -482,8 +476,10 @@ mod tests {
             }],
             deletes: Vec::new(),
         };
-        sync.write(user, write("old"), Condition::None, None, &limits, &journal)
-            .unwrap();
+        drop(
+            sync.write(user, write("old"), Condition::None, None, &limits, &journal)
+                .unwrap(),
+        );
         let usage = sync.usage();
         let remote = RemoteRef {
             sha256: crate::remote::sha256_hex(b"old"),
@@ -499,9 +495,9 @@ mod tests {
             }],
         };
         // A move of a version that is no longer current changes nothing.
-        sync.change(user, &journal, |_| Ok(moved(7))).unwrap();
+        drop(sync.change(user, &journal, |_| Ok(moved(7))).unwrap());
         assert_eq!(sync.placement_counts(), (1, 0));
-        sync.change(user, &journal, |_| Ok(moved(1))).unwrap();
+        drop(sync.change(user, &journal, |_| Ok(moved(1))).unwrap());
         assert_eq!(sync.placement_counts(), (0, 1));
         assert_eq!(sync.usage(), usage);
         let (value, rev, fetch) = sync.record("c", "a", 0).unwrap();
@@ -509,7 +505,15 @@ mod tests {
         assert_eq!(fetch.unwrap().key(), record_key("c", "a", &remote.sha256));
         // An overwrite makes the old payload garbage.
         let (_, _, garbage) = sync
-            .write_placed(user, write("new"), Condition::None, None, &limits, &journal, None)
+            .write_placed(
+                user,
+                write("new"),
+                Condition::None,
+                None,
+                &limits,
+                &journal,
+                None,
+            )
             .unwrap();
         assert_eq!(garbage, vec![record_key("c", "a", &remote.sha256)]);
         // Replaying the move onto the newer version changes nothing either.

@@ -246,7 +246,16 @@ impl ServerSecret {
 
 fn associated_data(user: UserId, link: &str, url: &str) -> Vec<u8> {
     let user = user.to_string();
-    [LABEL, b"\0", user.as_bytes(), b"\0", link.as_bytes(), b"\0", url.as_bytes()].concat()
+    [
+        LABEL,
+        b"\0",
+        user.as_bytes(),
+        b"\0",
+        link.as_bytes(),
+        b"\0",
+        url.as_bytes(),
+    ]
+    .concat()
 }
 
 /// A random link id (128 bits, hex).
@@ -276,7 +285,13 @@ mod tests {
         let link = StoredLink {
             id: new_link_id(),
             url: "https://cloud.example/dav/".into(),
-            sealed: secret.seal(&key, user, "x", "https://cloud.example/dav/", &credentials()),
+            sealed: secret.seal(
+                &key,
+                user,
+                "x",
+                "https://cloud.example/dav/",
+                &credentials(),
+            ),
             linked_ms: 1,
         };
         // Sealed for link id "x", stored under another: does not open.
@@ -311,9 +326,15 @@ mod tests {
     fn keys_are_read_from_headers_strictly() {
         let key = StorageKey::random();
         let mut headers = HeaderMap::new();
-        assert!(StorageKey::from_headers(&headers, KEY_HEADER).unwrap().is_none());
+        assert!(
+            StorageKey::from_headers(&headers, KEY_HEADER)
+                .unwrap()
+                .is_none()
+        );
         headers.insert(KEY_HEADER, key.encode().parse().unwrap());
-        let read = StorageKey::from_headers(&headers, KEY_HEADER).unwrap().unwrap();
+        let read = StorageKey::from_headers(&headers, KEY_HEADER)
+            .unwrap()
+            .unwrap();
         assert_eq!(read.0.as_ref(), key.0.as_ref());
         for bad in ["short", "!!!!", &URL_SAFE_NO_PAD.encode([0u8; 31])] {
             headers.insert(KEY_HEADER, bad.parse().unwrap());

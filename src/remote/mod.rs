@@ -159,8 +159,11 @@ impl RemoteStorage {
             connect: std::time::Duration::from_millis(config.remote_storage.connect_timeout_ms),
             request: std::time::Duration::from_millis(config.remote_storage.request_timeout_ms),
         };
-        let max_body =
-            config.sync.max_record_bytes.max(config.blobs.chunk_bytes as usize) + 64 * 1024;
+        let max_body = config
+            .sync
+            .max_record_bytes
+            .max(config.blobs.chunk_bytes as usize)
+            + 64 * 1024;
         Ok(RemoteStorage {
             secret,
             outbound: Outbound::new(policy, timeouts, resolver),
@@ -273,7 +276,12 @@ mod tests {
             sha256: sha256_hex(b"two"),
             size: 3,
         };
-        assert!(get_checked(&store, &key, &expected).await.unwrap().is_some());
+        assert!(
+            get_checked(&store, &key, &expected)
+                .await
+                .unwrap()
+                .is_some()
+        );
         let wrong = RemoteRef {
             sha256: sha256_hex(b"one"),
             size: 3,

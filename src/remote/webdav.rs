@@ -77,7 +77,12 @@ pub fn normalize_url(url: &str) -> Result<String, String> {
 
 impl WebDav {
     /// A client for the folder at `base` (as [`normalize_url`] leaves it).
-    pub fn new(base: &str, credentials: &Credentials, outbound: Outbound, max_body: usize) -> WebDav {
+    pub fn new(
+        base: &str,
+        credentials: &Credentials,
+        outbound: Outbound,
+        max_body: usize,
+    ) -> WebDav {
         let pair = Zeroizing::new(format!(
             "{}:{}",
             credentials.username.as_str(),
@@ -103,8 +108,8 @@ impl WebDav {
         extra: &[(HeaderName, &'static str)],
         body: Bytes,
     ) -> Result<OutboundResponse, RemoteError> {
-        let mut authorization = HeaderValue::from_str(&self.authorization)
-            .map_err(|_| RemoteError::Credentials)?;
+        let mut authorization =
+            HeaderValue::from_str(&self.authorization).map_err(|_| RemoteError::Credentials)?;
         authorization.set_sensitive(true);
         let mut headers = vec![(header::AUTHORIZATION, authorization)];
         for (name, value) in extra {
@@ -159,7 +164,10 @@ impl WebDav {
 
     async fn put_once(&self, key: &str, data: Bytes) -> Result<StatusCode, RemoteError> {
         let extra = [(header::CONTENT_TYPE, "application/octet-stream")];
-        Ok(self.send(Method::PUT, self.url(key), &extra, data).await?.status)
+        Ok(self
+            .send(Method::PUT, self.url(key), &extra, data)
+            .await?
+            .status)
     }
 
     /// Checks that the folder is a WebDAV collection we may write to: `PROPFIND` it, make our
@@ -227,7 +235,9 @@ impl ObjectStore for WebDav {
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, RemoteError>> {
         Box::pin(async move {
-            let response = self.send(Method::GET, self.url(key), &[], Bytes::new()).await?;
+            let response = self
+                .send(Method::GET, self.url(key), &[], Bytes::new())
+                .await?;
             match response.status {
                 StatusCode::OK if response.complete => Ok(Some(response.body)),
                 StatusCode::OK if response.truncated => Err(RemoteError::Corrupt(format!(

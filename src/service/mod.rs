@@ -150,9 +150,11 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                 wrong("GET")
             }
         }
-        ["1", "storage" | "info" | "changes" | "remote-storage" | "blobs", ..] => {
-            sync::route(method, &segments).map(Route::Sync)
-        }
+        [
+            "1",
+            "storage" | "info" | "changes" | "remote-storage" | "blobs",
+            ..,
+        ] => sync::route(method, &segments).map(Route::Sync),
         ["__heartbeat__"] => {
             if is(&Method::GET) {
                 Ok(Route::Heartbeat)

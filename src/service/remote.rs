@@ -199,8 +199,15 @@ pub(super) async fn write(
 ) -> Result<u64, Refused> {
     let limits = &gateway.config.sync;
     let Some(linked) = linked else {
-        let (rev, commit, _) =
-            sync.write_placed(user, write, condition, target, limits, &gateway.journal, None)?;
+        let (rev, commit, _) = sync.write_placed(
+            user,
+            write,
+            condition,
+            target,
+            limits,
+            &gateway.journal,
+            None,
+        )?;
         commit.wait().await?;
         sync.publish(rev);
         return Ok(rev);
@@ -487,10 +494,11 @@ async fn link(
     };
     drop(credentials);
     let linked = Linked {
-        store: Arc::new(gateway.remote.webdav(
-            &link.url,
-            &gateway.remote.secret.open(&key, user, &link)?,
-        )),
+        store: Arc::new(
+            gateway
+                .remote
+                .webdav(&link.url, &gateway.remote.secret.open(&key, user, &link)?),
+        ),
         link,
     };
     let records = move_records(gateway, user, sync, &linked, true).await?;
@@ -878,12 +886,13 @@ async fn put_chunk(
         )));
     }
     let sha256 = sha256_hex(body);
-    if let Some(claimed) = headers.get("x-chunk-sha256") {
-        if claimed.to_str().map(str::to_ascii_lowercase).ok().as_deref() != Some(&sha256) {
-            return Err(ApiError::BlobChunkInvalid(
-                "the chunk does not match its X-Chunk-Sha256: it was damaged on the way".to_owned(),
-            ));
-        }
+    let claimed = headers
+        .get("x-chunk-sha256")
+        .map(|v| v.to_str().map(str::to_ascii_lowercase).unwrap_or_default());
+    if claimed.is_some_and(|claimed| claimed != sha256) {
+        return Err(ApiError::BlobChunkInvalid(
+            "the chunk does not match its X-Chunk-Sha256: it was damaged on the way".to_owned(),
+        ));
     }
     let store = blob_store(gateway, user, sync, headers, &blob)?;
     store.put(&chunk_key(id, index), body.clone()).await?;
@@ -964,11 +973,11 @@ async fn delete_blob(
     Ok(Answer::ok(json!({ "blob_id": id, "deleted": true }), None))
 }
 
-/// Removes uploads left unfinished for longer than `blobs.upload_ttl_secs` (maintenance).
-/// Chunks on this server's disk are removed now; those in a linked storage when the user's
-/// next request brings the key.
-pub async fn expire_uploads(gateway: &Gateway) -> usize {
-    let before = now_ms().saturating_sub(gateway.config.blobs.upload_ttl_secs * 1000);
+/// Removes uploads left unfinished for longer than `blobs.upload_ttl_secs` before `now`
+/// (maintenance). Chunks on this server's disk are removed now; those in a linked storage
+/// when the user's next request brings the key.
+pub async fn expire_uploads(gateway: &Gateway, now: u64) -> usize {
+    let before = now.saturating_sub(gateway.config.blobs.upload_ttl_secs * 1000);
     let mut removed = 0;
     for (user, sync) in gateway.sync.users() {
         for (id, blob) in sync.stale_uploads(before) {

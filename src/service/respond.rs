@@ -56,7 +56,10 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         ApiError::RemoteUnavailable => {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(REMOTE_RETRY_AFTER));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(REMOTE_RETRY_AFTER),
+            );
         }
         _ => {}
     }

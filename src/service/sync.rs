@@ -493,9 +493,16 @@ async fn serve(
             };
             let sync = gateway.sync.user(user);
             let linked = super::remote::open_link(gateway, user, &sync, headers)?;
-            let rev =
-                super::remote::write(gateway, user, &sync, linked.as_ref(), write, condition, None)
-                    .await?;
+            let rev = super::remote::write(
+                gateway,
+                user,
+                &sync,
+                linked.as_ref(),
+                write,
+                condition,
+                None,
+            )
+            .await?;
             Ok(Answer::ok(json!({ "rev": rev, "ids": ids }), Some(rev)))
         }
         SyncRoute::DeleteCollection(collection) => {
