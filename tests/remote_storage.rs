@@ -257,6 +257,17 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// A copy of a running server's data directory: what a crash would leave on disk.
+fn crash_image(dir: &Path) -> tempfile::TempDir {
+    let image = tempfile::tempdir().unwrap();
+    for file in files_under(dir) {
+        let to = image.path().join(file.strip_prefix(dir).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &to).unwrap();
+    }
+    image
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -710,6 +721,23 @@ async fn blobs_are_kept_here_until_a_storage_is_linked_and_follow_the_data_both_
     assert!(format!("{blind:?}").contains("350"), "{blind:?}");
     client.use_storage_key(Some(&key));
     assert_eq!(client.download_blob(&blob).await.unwrap(), backup);
+
+    // What a crash at this point leaves (the files as they are, no final snapshot) recovers
+    // from the journal to the same place: linked, the blob there.
+    let image = crash_image(server.dir.path());
+    let recovered = TestServer::start_in(image, allow_loopback_storage).await;
+    let mut other = SyncClient::owner(recovered.http(), &owner.token, root(&owner));
+    other.use_storage_key(Some(&key));
+    assert_eq!(other.download_blob(&blob).await.unwrap(), backup);
+    let status = call(&mut other, Method::GET, "/1/remote-storage", &[], None).await;
+    assert_eq!(
+        (
+            status.body["linked"].clone(),
+            status.body["blobs_there"].clone()
+        ),
+        (json!(true), json!(1))
+    );
+    recovered.stop().await;
 
     // Unlinking with the data moved back brings it home.
     let unlinked = call(&mut client, Method::DELETE, "/1/remote-storage", &[], None).await;
