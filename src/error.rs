@@ -55,7 +55,9 @@ pub enum ApiError {
     MethodNotAllowed { allow: &'static str },
     #[error("an account with this email already exists")]
     EmailTaken,
-    #[error("unsupported content type: send application/json")]
+    #[error(
+        "unsupported content type: send application/json (application/octet-stream for a blob chunk)"
+    )]
     UnsupportedMediaType,
     #[error("too many attempts: try again in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },

@@ -76,17 +76,7 @@ impl Dav {
             .unwrap()
             .port();
         let config = dir.path().join("wsgidav.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "host: 127.0.0.1\nport: {port}\nprovider_mapping:\n  \"/\": \"{}\"\n\
-                 http_authenticator:\n  accept_basic: true\n  accept_digest: false\n  \
-                 default_to_digest: false\nsimple_dc:\n  user_mapping:\n    \"*\":\n      \
-                 \"{USER}\":\n        password: \"{PASSWORD}\"\nverbose: 1\n",
-                root.display()
-            ),
-        )
-        .unwrap();
+        Dav::configure(&config, port, &root, PASSWORD);
         let mut dav = Dav {
             child: None,
             port,
@@ -96,6 +86,26 @@ impl Dav {
         };
         dav.child = Some(dav.spawn());
         dav
+    }
+
+    fn configure(config: &Path, port: u16, root: &Path, password: &str) {
+        std::fs::write(
+            config,
+            format!(
+                "host: 127.0.0.1\nport: {port}\nprovider_mapping:\n  \"/\": \"{}\"\n\
+                 http_authenticator:\n  accept_basic: true\n  accept_digest: false\n  \
+                 default_to_digest: false\nsimple_dc:\n  user_mapping:\n    \"*\":\n      \
+                 \"{USER}\":\n        password: \"{password}\"\nverbose: 1\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+    }
+
+    /// The storage's owner replaces the app password (revoking the old one).
+    fn change_password(&mut self, password: &str) {
+        Dav::configure(&self.config, self.port, &self.root, password);
+        self.restart();
     }
 
     fn spawn(&self) -> Child {
@@ -608,6 +618,31 @@ async fn the_storage_going_down_mid_sync_changes_nothing_and_a_retry_goes_throug
         "{} {}",
         read.status, read.body
     );
+
+    // The app password is revoked: a clear 502 until the owner links with a new one, which
+    // is checked and sealed in place of the old (same storage, same key, nothing moves).
+    dav.change_password("a-new-app-password-42");
+    let revoked = call(&mut client, Method::GET, "/1/storage/notes/n1", &[], None).await;
+    assert_error(
+        revoked.status,
+        &revoked.body,
+        502,
+        354,
+        "refused the credentials",
+    );
+    let wrong = link(&mut client, &dav, &key, "still-not-it").await;
+    assert_error(
+        wrong.status,
+        &wrong.body,
+        400,
+        355,
+        "refused this user name",
+    );
+    let relinked = link(&mut client, &dav, &key, "a-new-app-password-42").await;
+    assert_eq!(relinked.status, StatusCode::OK, "{}", relinked.body);
+    assert_eq!(relinked.body["moved"]["records"], 0);
+    let read = call(&mut client, Method::GET, "/1/storage/notes/n1", &[], None).await;
+    assert_eq!(read.body["payload"], "second");
     // The same write once more: same bytes, same name; the replaced payload went.
     let twice = call(
         &mut client,

@@ -98,6 +98,44 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<RemoteRoute, ApiError
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let at = |method: Method, path: &str| {
+            let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            route(&method, &segments)
+        };
+        assert_eq!(
+            at(Method::PUT, "/1/remote-storage").unwrap(),
+            RemoteRoute::Link
+        );
+        assert_eq!(
+            at(Method::POST, "/1/remote-storage/rekey").unwrap(),
+            RemoteRoute::Rekey
+        );
+        assert_eq!(
+            at(Method::PUT, &format!("/1/blobs/{id}/chunks/7")).unwrap(),
+            RemoteRoute::PutChunk(id.into(), 7)
+        );
+        assert!(matches!(
+            at(Method::POST, "/1/remote-storage"),
+            Err(ApiError::MethodNotAllowed { .. })
+        ));
+        assert!(matches!(
+            at(Method::GET, "/1/blobs/not-an-id"),
+            Err(ApiError::NotFound)
+        ));
+        assert!(matches!(
+            at(Method::GET, &format!("/1/blobs/{id}/chunks/x")),
+            Err(ApiError::NotFound)
+        ));
+    }
+}
+
 /// Blob ids are 32 lower-case hex digits, made by the server.
 fn is_blob_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -461,12 +499,37 @@ async fn link(
         username: secret_field(&object, "username")?,
         password: secret_field(&object, "password")?,
     };
+    // Basic authentication cannot carry a colon in the user name (RFC 7617).
+    if credentials.username.contains(':') || credentials.username.chars().any(char::is_control) {
+        return Err(field_error(
+            "username",
+            "must not contain a colon or control characters",
+        ));
+    }
     let link = match sync.link() {
         Some(existing) if existing.url == url => {
-            // The same storage again: the key must open what is sealed (it proves this is the
-            // client that linked it), and the move goes on.
-            gateway.remote.secret.open(&key, user, &existing)?;
-            existing
+            // The same storage again. The key must open what is sealed (it proves this is the
+            // client that linked it). New credentials (an app password replaced after the
+            // old one was revoked) are checked and sealed in place of the old; then any move
+            // an outage interrupted goes on.
+            let current = gateway.remote.secret.open(&key, user, &existing)?;
+            let same = current.username == credentials.username
+                && current.password == credentials.password;
+            drop(current);
+            if !same {
+                let store = gateway.remote.webdav(&url, &credentials);
+                store.check().await.map_err(link_refused)?;
+                let sealed = gateway.remote.secret.seal(
+                    &key,
+                    user,
+                    &existing.id,
+                    &existing.url,
+                    &credentials,
+                );
+                reseal(gateway, user, sync, &existing.id, sealed).await?;
+                info!(%user, "storage credentials replaced");
+            }
+            sync.link().ok_or(ApiError::RemoteLinkChanged)?
         }
         Some(_) => return Err(ApiError::RemoteAlreadyLinked),
         None => {
@@ -772,19 +835,30 @@ async fn rekey(
         .secret
         .seal(&new_key, user, &link.id, &link.url, &credentials);
     drop(credentials);
+    reseal(gateway, user, sync, &link.id, sealed).await?;
+    info!(%user, "storage key rotated");
+    Ok(Answer::ok(status(sync), None))
+}
+
+/// Replaces the sealed credentials of link `link` (journaled), if it is still the user's.
+async fn reseal(
+    gateway: &Gateway,
+    user: UserId,
+    sync: &UserSync,
+    link: &str,
+    sealed: String,
+) -> Result<(), ApiError> {
     let commit = sync.change(user, &gateway.journal, |state| {
-        if state.link.as_ref().is_some_and(|l| l.id == link.id) {
+        if state.link.as_ref().is_some_and(|l| l.id == link) {
             Ok(StorageChange::Rekeyed {
-                link: link.id.clone(),
+                link: link.to_owned(),
                 sealed,
             })
         } else {
             Err(ApiError::RemoteLinkChanged)
         }
     })?;
-    commit.wait().await?;
-    info!(%user, "storage key rotated");
-    Ok(Answer::ok(status(sync), None))
+    commit.wait().await
 }
 
 // === Blobs ===
