@@ -98,44 +98,6 @@ pub fn route(method: &Method, segments: &[&str]) -> Result<RemoteRoute, ApiError
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes() {
-        let id = "0123456789abcdef0123456789abcdef";
-        let at = |method: Method, path: &str| {
-            let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-            route(&method, &segments)
-        };
-        assert_eq!(
-            at(Method::PUT, "/1/remote-storage").unwrap(),
-            RemoteRoute::Link
-        );
-        assert_eq!(
-            at(Method::POST, "/1/remote-storage/rekey").unwrap(),
-            RemoteRoute::Rekey
-        );
-        assert_eq!(
-            at(Method::PUT, &format!("/1/blobs/{id}/chunks/7")).unwrap(),
-            RemoteRoute::PutChunk(id.into(), 7)
-        );
-        assert!(matches!(
-            at(Method::POST, "/1/remote-storage"),
-            Err(ApiError::MethodNotAllowed { .. })
-        ));
-        assert!(matches!(
-            at(Method::GET, "/1/blobs/not-an-id"),
-            Err(ApiError::NotFound)
-        ));
-        assert!(matches!(
-            at(Method::GET, &format!("/1/blobs/{id}/chunks/x")),
-            Err(ApiError::NotFound)
-        ));
-    }
-}
-
 /// Blob ids are 32 lower-case hex digits, made by the server.
 fn is_blob_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -1075,4 +1037,42 @@ pub async fn expire_uploads(gateway: &Gateway, now: u64) -> usize {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let at = |method: Method, path: &str| {
+            let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            route(&method, &segments)
+        };
+        assert_eq!(
+            at(Method::PUT, "/1/remote-storage").unwrap(),
+            RemoteRoute::Link
+        );
+        assert_eq!(
+            at(Method::POST, "/1/remote-storage/rekey").unwrap(),
+            RemoteRoute::Rekey
+        );
+        assert_eq!(
+            at(Method::PUT, &format!("/1/blobs/{id}/chunks/7")).unwrap(),
+            RemoteRoute::PutChunk(id.into(), 7)
+        );
+        assert!(matches!(
+            at(Method::POST, "/1/remote-storage"),
+            Err(ApiError::MethodNotAllowed { .. })
+        ));
+        assert!(matches!(
+            at(Method::GET, "/1/blobs/not-an-id"),
+            Err(ApiError::NotFound)
+        ));
+        assert!(matches!(
+            at(Method::GET, &format!("/1/blobs/{id}/chunks/x")),
+            Err(ApiError::NotFound)
+        ));
+    }
 }
