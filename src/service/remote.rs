@@ -185,20 +185,21 @@ pub(super) fn collect_garbage(linked: &Linked, sync: &Arc<UserSync>) {
 
 // === Records ===
 
-/// Applies a record write: for a linked user, uploads its payloads first (see the module
-/// notes). Returns the new revision, durable and published to the user's change feeds.
-#[allow(clippy::too_many_arguments)]
+/// Applies a record write: for a user who linked a storage (opened with the request's key),
+/// uploads its payloads first (see the module notes). Returns the new revision, durable and
+/// published to the user's change feeds.
 pub(super) async fn write(
     gateway: &Gateway,
     user: UserId,
     sync: &Arc<UserSync>,
-    linked: Option<&Linked>,
+    headers: &HeaderMap,
     mut write: Write,
     condition: Condition,
     target: Option<&str>,
 ) -> Result<u64, Refused> {
     let limits = &gateway.config.sync;
-    let Some(linked) = linked else {
+    let linked = open_link(gateway, user, sync, headers)?;
+    let Some(linked) = linked.as_ref() else {
         let (rev, commit, _) = sync.write_placed(
             user,
             write,

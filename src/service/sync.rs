@@ -436,17 +436,9 @@ async fn serve(
                 deletes: Vec::new(),
             };
             let sync = gateway.sync.user(user);
-            let linked = super::remote::open_link(gateway, user, &sync, headers)?;
-            let rev = super::remote::write(
-                gateway,
-                user,
-                &sync,
-                linked.as_ref(),
-                write,
-                condition,
-                Some(id),
-            )
-            .await?;
+            let rev =
+                super::remote::write(gateway, user, &sync, headers, write, condition, Some(id))
+                    .await?;
             Ok(Answer::ok(json!({ "id": id, "rev": rev }), Some(rev)))
         }
         SyncRoute::DeleteRecord(collection, id) => {
@@ -460,17 +452,9 @@ async fn serve(
                 puts: Vec::new(),
                 deletes: vec![id.clone()],
             };
-            let linked = super::remote::open_link(gateway, user, &sync, headers)?;
-            let rev = super::remote::write(
-                gateway,
-                user,
-                &sync,
-                linked.as_ref(),
-                write,
-                condition,
-                Some(id),
-            )
-            .await?;
+            let rev =
+                super::remote::write(gateway, user, &sync, headers, write, condition, Some(id))
+                    .await?;
             Ok(Answer::ok(
                 json!({ "id": id, "rev": rev, "deleted": true }),
                 Some(rev),
@@ -492,17 +476,8 @@ async fn serve(
                 deletes,
             };
             let sync = gateway.sync.user(user);
-            let linked = super::remote::open_link(gateway, user, &sync, headers)?;
-            let rev = super::remote::write(
-                gateway,
-                user,
-                &sync,
-                linked.as_ref(),
-                write,
-                condition,
-                None,
-            )
-            .await?;
+            let rev =
+                super::remote::write(gateway, user, &sync, headers, write, condition, None).await?;
             Ok(Answer::ok(json!({ "rev": rev, "ids": ids }), Some(rev)))
         }
         SyncRoute::DeleteCollection(collection) => {
