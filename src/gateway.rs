@@ -111,6 +111,8 @@ impl Gateway {
                 }
             })?;
         let push = Pusher::new(&config, resolver);
+        let metrics = Metrics::default();
+        metrics.register(remote.stats.clone());
         let oidc = crate::oidc::Oidc::new(&config.oidc);
         Ok(Arc::new(Gateway {
             limits: Limits::new(&config.limits),
@@ -125,7 +127,7 @@ impl Gateway {
             data,
             oidc,
             stats: Stats::default(),
-            metrics: Metrics::default(),
+            metrics,
             shutdown: watch::channel(false).0,
             snapshotting: tokio::sync::Mutex::new(()),
         }))

@@ -601,6 +601,15 @@ async fn the_storage_going_down_mid_sync_changes_nothing_and_a_retry_goes_throug
     assert_eq!(info.body["notes"], first);
     let unreadable = call(&mut client, Method::GET, "/1/storage/notes/n1", &[], None).await;
     assert_eq!(unreadable.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Operators see it in /metrics.
+    let metrics = wheresmyfox::metrics::render(&server.gateway);
+    let unavailable = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("wheresmyfox_remote_storage_requests_total{outcome=\"unavailable\"} ")
+        })
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(unavailable.is_some_and(|n| n >= 2), "{metrics}");
 
     dav.restart();
     let again = call(

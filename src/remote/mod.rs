@@ -32,6 +32,7 @@ use crate::accounts::hex;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::ids::UserId;
+use crate::metrics::{Collect, Counter, Exposition, FAST_BOUNDS, Histogram};
 use crate::outbound::{Outbound, Resolve, Timeouts};
 
 /// A boxed future, so that [`ObjectStore`] can be used as a trait object.
@@ -126,10 +127,68 @@ impl From<RemoteError> for ApiError {
     }
 }
 
+/// Exchanges with linked storages, for `/metrics`.
+#[derive(Debug)]
+pub struct RemoteStats {
+    pub ok: Counter,
+    pub unavailable: Counter,
+    pub refused: Counter,
+    pub failed: Counter,
+    /// Every exchange, whatever its outcome.
+    pub latency: Histogram,
+}
+
+impl Default for RemoteStats {
+    fn default() -> Self {
+        RemoteStats {
+            ok: Counter::default(),
+            unavailable: Counter::default(),
+            refused: Counter::default(),
+            failed: Counter::default(),
+            latency: Histogram::new(FAST_BOUNDS),
+        }
+    }
+}
+
+impl RemoteStats {
+    /// Counts one exchange by how it ended.
+    pub fn record(&self, outcome: &Result<(), RemoteError>, elapsed: std::time::Duration) {
+        self.latency.observe(elapsed);
+        match outcome {
+            Ok(()) => self.ok.inc(),
+            Err(RemoteError::Unavailable(_)) => self.unavailable.inc(),
+            Err(RemoteError::Credentials | RemoteError::Refused(_)) => self.refused.inc(),
+            Err(_) => self.failed.inc(),
+        }
+    }
+}
+
+impl Collect for RemoteStats {
+    fn collect(&self, out: &mut Exposition) {
+        out.counter(
+            "wheresmyfox_remote_storage_requests_total",
+            "Exchanges with users' linked storages, by outcome (unavailable: down, slow or 5xx; \
+             refused: credentials or address refused; failed: anything else unexpected).",
+            &[
+                (&[("outcome", "ok")], self.ok.get()),
+                (&[("outcome", "unavailable")], self.unavailable.get()),
+                (&[("outcome", "refused")], self.refused.get()),
+                (&[("outcome", "failed")], self.failed.get()),
+            ],
+        );
+        out.histogram(
+            "wheresmyfox_remote_storage_request_seconds",
+            "Time of one exchange with a linked storage.",
+            &self.latency,
+        );
+    }
+}
+
 /// What the gateway needs to reach users' storages: the server's half of the sealing key,
 /// the guarded HTTP client, and where the embedded backend keeps blobs.
 pub struct RemoteStorage {
     pub secret: link::ServerSecret,
+    pub stats: std::sync::Arc<RemoteStats>,
     outbound: Outbound,
     /// Largest answer read from a storage: a record's payload or a blob chunk.
     max_body: usize,
@@ -166,6 +225,7 @@ impl RemoteStorage {
             + 64 * 1024;
         Ok(RemoteStorage {
             secret,
+            stats: std::sync::Arc::default(),
             outbound: Outbound::new(policy, timeouts, resolver),
             max_body,
             blobs_dir: data_dir.join("blobs"),
@@ -174,7 +234,13 @@ impl RemoteStorage {
 
     /// A client for a linked WebDAV folder.
     pub fn webdav(&self, url: &str, credentials: &link::Credentials) -> webdav::WebDav {
-        webdav::WebDav::new(url, credentials, self.outbound.clone(), self.max_body)
+        webdav::WebDav::new(
+            url,
+            credentials,
+            self.outbound.clone(),
+            self.max_body,
+            self.stats.clone(),
+        )
     }
 
     /// The embedded backend's files for one user.

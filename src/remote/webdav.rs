@@ -21,7 +21,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use zeroize::Zeroizing;
 
 use super::link::Credentials;
-use super::{BoxFuture, ObjectStore, RemoteError};
+use super::{BoxFuture, ObjectStore, RemoteError, RemoteStats};
 use crate::outbound::{Outbound, OutboundError, OutboundRequest, OutboundResponse};
 
 /// The folder the gateway keeps its files in, inside the linked one.
@@ -39,6 +39,7 @@ pub struct WebDav {
     outbound: Outbound,
     /// Largest answer read (a record's payload or a blob chunk, and some slack).
     max_body: usize,
+    stats: std::sync::Arc<RemoteStats>,
 }
 
 impl std::fmt::Debug for WebDav {
@@ -82,6 +83,7 @@ impl WebDav {
         credentials: &Credentials,
         outbound: Outbound,
         max_body: usize,
+        stats: std::sync::Arc<RemoteStats>,
     ) -> WebDav {
         let pair = Zeroizing::new(format!(
             "{}:{}",
@@ -94,6 +96,7 @@ impl WebDav {
             authorization,
             outbound,
             max_body,
+            stats,
         }
     }
 
@@ -101,7 +104,22 @@ impl WebDav {
         format!("{}{ROOT_FOLDER}{key}", self.base)
     }
 
+    /// One exchange, counted for `/metrics`.
     async fn send(
+        &self,
+        method: Method,
+        url: String,
+        extra: &[(HeaderName, &'static str)],
+        body: Bytes,
+    ) -> Result<OutboundResponse, RemoteError> {
+        let started = std::time::Instant::now();
+        let result = self.exchange(method, url, extra, body).await;
+        let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
+        self.stats.record(&outcome, started.elapsed());
+        result
+    }
+
+    async fn exchange(
         &self,
         method: Method,
         url: String,
