@@ -3,6 +3,7 @@
 
 pub mod binary;
 pub mod faulty;
+pub mod webdav;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
