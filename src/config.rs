@@ -306,6 +306,8 @@ pub struct BlobConfig {
     pub max_blob_bytes: u64,
     /// Most bytes of blobs one user may keep (past it: 507).
     pub max_user_bytes: u64,
+    /// Most blobs one user may keep, finished or not (past it: 507).
+    pub max_blobs_per_user: usize,
     /// Seconds an unfinished upload is kept before it is removed.
     pub upload_ttl_secs: u64,
 }
@@ -474,6 +476,7 @@ impl Default for BlobConfig {
             chunk_bytes: 1024 * 1024,
             max_blob_bytes: 1024 * 1024 * 1024,
             max_user_bytes: 4 * 1024 * 1024 * 1024,
+            max_blobs_per_user: 10_000,
             upload_ttl_secs: 24 * 3600,
         }
     }
@@ -997,6 +1000,11 @@ impl Config {
             blobs.max_user_bytes >= blobs.max_blob_bytes,
             "blobs.max_user_bytes",
             "must be at least blobs.max_blob_bytes",
+        )?;
+        check(
+            (1..=1_000_000).contains(&blobs.max_blobs_per_user),
+            "blobs.max_blobs_per_user",
+            "must be from 1 to 1000000",
         )?;
         check(
             blobs.upload_ttl_secs >= 60,

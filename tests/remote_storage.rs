@@ -367,6 +367,11 @@ async fn blob_uploads_resume_and_are_checked_chunk_by_chunk() {
     )
     .await;
     assert_error(early.status, &early.body, 409, 359, "not complete");
+    // A chunk sent again before the blob is complete replaces the first copy, whose file goes.
+    assert_eq!(dav.files("blobs").len(), 2);
+    let again = put_chunk(&mut client, &path(0), piece(0, chunk)).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert!(eventually(|| dav.files("blobs").len() == 2).await);
     // Resumed: the missing chunk, and chunk 2 again (a retry is harmless).
     assert_eq!(
         put_chunk(&mut client, &path(1), piece(1, chunk))
@@ -389,10 +394,19 @@ async fn blob_uploads_resume_and_are_checked_chunk_by_chunk() {
     let hash = ring::digest::digest(&ring::digest::SHA256, &digests);
     let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(done["hash"], hex);
+    // Complete: its chunks no longer change.
+    let changed = put_chunk(&mut client, &path(2), piece(5, 10)).await;
+    let changed_body: Value = serde_json::from_slice(&changed.body).unwrap();
+    assert_error(changed.status, &changed_body, 400, 360, "no longer change");
     assert_eq!(dav.files("blobs").len(), 3);
 
     // A chunk altered on the storage is caught on the way out.
-    let stored = dav.root.join(format!("wheresmyfox/blobs/{id}/000001"));
+    let chunk_one = dav
+        .files("blobs")
+        .into_iter()
+        .find(|f| f.starts_with(&format!("blobs/{id}/000001.")))
+        .unwrap();
+    let stored = dav.root.join("wheresmyfox").join(chunk_one);
     std::fs::write(&stored, vec![9u8; chunk]).unwrap();
     let tampered = client
         .request_bytes(

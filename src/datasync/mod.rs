@@ -192,7 +192,7 @@ pub struct Fetch {
 impl Fetch {
     /// Its name on the storage.
     pub fn key(&self) -> String {
-        record_key(&self.collection, &self.id, &self.expected.sha256)
+        record_key(&self.collection, &self.id, &self.expected)
     }
 }
 
@@ -454,7 +454,7 @@ impl UserState {
                 *records -= u64::from(!old.deleted);
                 // Content-addressed: the same bytes rewritten keep the same name.
                 if let Some(gone) = old.remote.filter(|r| new.remote.as_ref() != Some(r)) {
-                    garbage.push(record_key(&write.collection, id, &gone.sha256));
+                    garbage.push(record_key(&write.collection, id, &gone));
                 }
             }
             *bytes += new.size(id);
@@ -537,7 +537,7 @@ impl UserState {
                 self.bytes -= old.size(id);
                 self.records -= u64::from(!old.deleted);
                 if let Some(remote) = old.remote {
-                    garbage.push(record_key(&purge.collection, id, &remote.sha256));
+                    garbage.push(record_key(&purge.collection, id, &remote));
                 }
             }
         }

@@ -27,8 +27,8 @@ use crate::store::{Commit, Durability, Journal};
 pub struct Blob {
     pub size: u64,
     pub chunk_size: u64,
-    /// Lower-case hex SHA-256 of each chunk received; `None` for one still to come.
-    pub chunks: Vec<Option<String>>,
+    /// Each chunk received (digest, size and name); `None` for one still to come.
+    pub chunks: Vec<Option<RemoteRef>>,
     pub created_ms: u64,
     /// The link its chunks are stored in; `None`: on this server's disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,11 +74,13 @@ pub enum StorageChange {
     BlobChunk {
         blob: String,
         index: u64,
-        sha256: String,
+        chunk: RemoteRef,
     },
+    /// The chunks were copied to the link (or back here, for `None`) under new names.
     BlobMoved {
         blob: String,
         link: Option<String>,
+        chunks: Vec<Option<RemoteRef>>,
     },
     BlobDeleted {
         blob: String,
@@ -128,17 +130,23 @@ impl Blob {
     pub fn hash(&self) -> Option<String> {
         let mut digests = Vec::with_capacity(self.chunks.len() * 32);
         for chunk in &self.chunks {
-            digests.extend(crate::accounts::unhex(chunk.as_deref()?)?);
+            digests.extend(crate::accounts::unhex(&chunk.as_ref()?.sha256)?);
         }
         Some(crate::remote::sha256_hex(&digests))
     }
 
     /// Names of its chunks that are stored.
     pub fn stored_keys(&self, blob: &str) -> Vec<String> {
-        (0..self.chunks.len() as u64)
-            .filter(|&i| self.chunks[i as usize].is_some())
-            .map(|i| chunk_key(blob, i))
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| Some(chunk_key(blob, i as u64, c.as_ref()?)))
             .collect()
+    }
+
+    /// Whether every chunk is in; a complete blob never changes again.
+    pub fn complete(&self) -> bool {
+        self.chunks.iter().all(Option::is_some)
     }
 }
 
@@ -179,22 +187,19 @@ impl UserState {
                     .entry(blob.clone())
                     .or_insert_with(|| meta.clone());
             }
-            StorageChange::BlobChunk {
-                blob,
-                index,
-                sha256,
-            } => {
+            StorageChange::BlobChunk { blob, index, chunk } => {
                 if let Some(slot) = self
                     .blobs
                     .get_mut(blob)
                     .and_then(|b| b.chunks.get_mut(*index as usize))
                 {
-                    *slot = Some(sha256.clone());
+                    *slot = Some(chunk.clone());
                 }
             }
-            StorageChange::BlobMoved { blob, link } => {
+            StorageChange::BlobMoved { blob, link, chunks } => {
                 if let Some(b) = self.blobs.get_mut(blob) {
                     b.link = link.clone();
+                    b.chunks = chunks.clone();
                 }
             }
             StorageChange::BlobDeleted { blob } => {
@@ -282,7 +287,10 @@ impl UserSync {
         }
         let (rev, commit, mut garbage) =
             write_locked(&mut state, user, write, condition, target, limits, journal)?;
-        garbage.append(&mut state.garbage);
+        if link.is_some() {
+            // Only a request that can reach the storage takes what is left to remove there.
+            garbage.append(&mut state.garbage);
+        }
         Ok((rev, commit, garbage))
     }
 
@@ -294,36 +302,6 @@ impl UserSync {
 
     pub fn add_garbage(&self, keys: Vec<String>) {
         lock(&self.state).garbage.extend(keys);
-    }
-
-    /// Whether the current version of a record is the payload stored under `sha256`: then an
-    /// upload of those bytes must not be removed even though its own write was refused.
-    pub fn refers_to(&self, collection: &str, id: &str, sha256: &str) -> bool {
-        let state = lock(&self.state);
-        state
-            .collections
-            .get(collection)
-            .and_then(|c| c.items.get(id))
-            .and_then(|i| i.remote.as_ref())
-            .is_some_and(|r| r.sha256 == sha256)
-    }
-
-    /// Whether a name on the storage (as [`record_key`] or [`chunk_key`] make them) is in use:
-    /// a payload a failed write left behind may be the very bytes a retry then stored.
-    pub fn uses_key(&self, key: &str) -> bool {
-        let mut parts = key.splitn(3, '/');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("records"), Some(collection), Some(name)) => name
-                .rsplit_once('.')
-                .is_some_and(|(id, sha)| self.refers_to(collection, id, sha)),
-            // Garbage is only ever on the linked storage: a blob moved back here is not using
-            // its old chunks there.
-            (Some("blobs"), Some(blob), Some(_)) => lock(&self.state)
-                .blobs
-                .get(blob)
-                .is_some_and(|b| b.link.is_some()),
-            _ => false,
-        }
     }
 
     /// Up to `limit` records whose payload is kept here (`inline`) or in the linked storage.
@@ -381,41 +359,113 @@ impl UserSync {
             .collect()
     }
 
-    /// Creates a blob, within the user's blob quota.
+    /// Creates a blob within the user's blob quota, placed in the storage linked at that
+    /// moment (decided under the lock, so never in a link that is going away). Returns it.
     pub fn create_blob(
         &self,
         user: UserId,
         journal: &Journal,
         blob: String,
-        meta: Blob,
-        max_user_bytes: u64,
-    ) -> Result<Commit, ApiError> {
-        self.change(user, journal, |state| {
-            let total = state.blob_bytes() + meta.size;
-            if total > max_user_bytes {
+        size: u64,
+        now_ms: u64,
+        limits: &crate::config::BlobConfig,
+    ) -> Result<(Blob, Commit), ApiError> {
+        let mut made = None;
+        let commit = self.change(user, journal, |state| {
+            if state.blobs.len() >= limits.max_blobs_per_user {
                 return Err(ApiError::BlobOverQuota {
                     reason: format!(
-                        "this would keep {total} bytes of blobs; the limit is {max_user_bytes}"
+                        "this account keeps {} blobs, the most allowed",
+                        state.blobs.len()
                     ),
                 });
             }
+            let total = state.blob_bytes() + size;
+            if total > limits.max_user_bytes {
+                return Err(ApiError::BlobOverQuota {
+                    reason: format!(
+                        "this would keep {total} bytes of blobs; the limit is {}",
+                        limits.max_user_bytes
+                    ),
+                });
+            }
+            let link = state.link.as_ref().map(|l| l.id.clone());
+            let meta = Blob::new(size, limits.chunk_bytes, now_ms, link);
+            made = Some(meta.clone());
             Ok(StorageChange::BlobCreated { blob, meta })
-        })
+        })?;
+        Ok((made.expect("decided"), commit))
     }
 
-    /// Journals and applies a purge decided elsewhere (records dropped with their storage
-    /// when it is unlinked and its data left there).
-    pub fn drop_purged(&self, user: UserId, purge: super::Purge, journal: &Journal) -> Commit {
+    /// Unlinks `link` keeping nothing of what is stored there (`leave`): under one lock, the
+    /// records kept there are purged (each collection's horizon raised to its revision, so a
+    /// device that is behind starts over), the blobs there forgotten, and the link removed.
+    /// Returns how many records and blobs went.
+    pub fn unlink_leaving(
+        &self,
+        user: UserId,
+        journal: &Journal,
+        link: &str,
+    ) -> Result<(usize, usize, Commit), ApiError> {
         let mut state = lock(&self.state);
-        let commit = journal.append(
-            &Record::SyncPurged {
-                user,
-                purge: purge.clone(),
-            },
-            Durability::Commands,
-        );
-        drop(state.apply_purge(&purge));
-        commit
+        if state.link.as_ref().is_none_or(|l| l.id != link) {
+            return Err(ApiError::RemoteLinkChanged);
+        }
+        let mut purges = Vec::new();
+        for (name, collection) in &state.collections {
+            let removed: Vec<(String, u64)> = collection
+                .items
+                .iter()
+                .filter(|(_, item)| item.remote.is_some())
+                .map(|(id, item)| (id.clone(), item.rev))
+                .collect();
+            if !removed.is_empty() {
+                purges.push(super::Purge {
+                    collection: name.clone(),
+                    removed,
+                    horizon: collection.rev,
+                });
+            }
+        }
+        let records = purges.iter().map(|p| p.removed.len()).sum();
+        for purge in purges {
+            // Journaled in order under this lock: once the last record is durable, all are.
+            drop(journal.append(
+                &Record::SyncPurged {
+                    user,
+                    purge: purge.clone(),
+                },
+                Durability::Commands,
+            ));
+            drop(state.apply_purge(&purge));
+        }
+        let there: Vec<String> = state
+            .blobs
+            .iter()
+            .filter(|(_, b)| b.link.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut changes: Vec<StorageChange> = there
+            .iter()
+            .map(|blob| StorageChange::BlobDeleted { blob: blob.clone() })
+            .collect();
+        changes.push(StorageChange::Unlinked {
+            link: link.to_owned(),
+        });
+        let mut last = None;
+        for change in changes {
+            last = Some(journal.append(
+                &Record::SyncStorage {
+                    user,
+                    change: change.clone(),
+                },
+                Durability::Commands,
+            ));
+            state.apply_storage(&change);
+        }
+        // Nothing the storage holds is ours to remove any more.
+        state.garbage.clear();
+        Ok((records, there.len(), last.expect("the unlink itself")))
     }
 
     /// Unfinished uploads created before `before_ms`.
@@ -447,7 +497,7 @@ mod tests {
         assert_eq!(blob.missing(), vec![0, 1, 2]);
         assert_eq!(blob.hash(), None);
         for (i, data) in [&b"abcd"[..], b"efgh", b"ij"].iter().enumerate() {
-            blob.chunks[i] = Some(crate::remote::sha256_hex(data));
+            blob.chunks[i] = Some(RemoteRef::of(data));
         }
         let mut digests = Vec::new();
         for data in [&b"abcd"[..], b"efgh", b"ij"] {
@@ -481,10 +531,7 @@ mod tests {
                 .unwrap(),
         );
         let usage = sync.usage();
-        let remote = RemoteRef {
-            sha256: crate::remote::sha256_hex(b"old"),
-            size: 3,
-        };
+        let remote = RemoteRef::of(b"old");
         let moved = |rev| StorageChange::Moved {
             collection: "c".into(),
             moved: vec![Moved {
@@ -502,7 +549,7 @@ mod tests {
         assert_eq!(sync.usage(), usage);
         let (value, rev, fetch) = sync.record("c", "a", 0).unwrap();
         assert_eq!((value.get("payload"), rev), (None, 1));
-        assert_eq!(fetch.unwrap().key(), record_key("c", "a", &remote.sha256));
+        assert_eq!(fetch.unwrap().key(), record_key("c", "a", &remote));
         // An overwrite makes the old payload garbage.
         let (_, _, garbage) = sync
             .write_placed(
@@ -515,7 +562,7 @@ mod tests {
                 None,
             )
             .unwrap();
-        assert_eq!(garbage, vec![record_key("c", "a", &remote.sha256)]);
+        assert_eq!(garbage, vec![record_key("c", "a", &remote)]);
         // Replaying the move onto the newer version changes nothing either.
         store.replay_storage(user, &moved(1));
         assert_eq!(sync.placement_counts(), (1, 0));

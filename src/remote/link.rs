@@ -115,10 +115,27 @@ impl StorageKey {
 // === ServerSecret ===
 
 impl ServerSecret {
-    /// From the operator's sealing key when there is one, else from (or into) the data
-    /// directory's secret file, created with mode 0600 on first use.
+    /// From the data directory's secret file when it has one; else from the operator's
+    /// sealing key when there is one (nothing is then written); else a new random secret,
+    /// written to the file (mode 0600). Whichever sealed the users' credentials keeps being
+    /// used: setting `storage.seal_key` later does not change the secret.
     pub fn load(data_dir: &Path, seal_key: Option<&str>) -> std::io::Result<ServerSecret> {
         let mut secret = Zeroizing::new([0u8; 32]);
+        let path = data_dir.join(SECRET_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() == 32 => {
+                secret.copy_from_slice(&bytes);
+                return Ok(ServerSecret(secret));
+            }
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{} is damaged (it must hold 32 bytes)",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         if let Some(material) = seal_key {
             let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"wheresmyfox remote-storage secret");
             salt.extract(material.as_bytes())
@@ -127,27 +144,13 @@ impl ServerSecret {
                 .map_err(|_| std::io::Error::other("HKDF output length"))?;
             return Ok(ServerSecret(secret));
         }
-        let path = data_dir.join(SECRET_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) if bytes.len() == 32 => {
-                secret.copy_from_slice(&bytes);
-                Ok(ServerSecret(secret))
-            }
-            Ok(_) => Err(std::io::Error::other(format!(
-                "{} is damaged (it must hold 32 bytes)",
-                path.display()
-            ))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                use std::io::Write;
-                rand::thread_rng().fill_bytes(secret.as_mut());
-                let mut file = crate::store::open_private(&path, true)?;
-                file.write_all(secret.as_ref())?;
-                file.sync_all()?;
-                crate::store::sync_dir(&path)?;
-                Ok(ServerSecret(secret))
-            }
-            Err(e) => Err(e),
-        }
+        use std::io::Write;
+        rand::thread_rng().fill_bytes(secret.as_mut());
+        let mut file = crate::store::open_private(&path, true)?;
+        file.write_all(secret.as_ref())?;
+        file.sync_all()?;
+        crate::store::sync_dir(&path)?;
+        Ok(ServerSecret(secret))
     }
 
     /// The sealing key for one user's link.
@@ -317,9 +320,14 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let stranger = ServerSecret::load(other.path(), None).unwrap();
         assert!(stranger.open(&key, user, &link).is_err());
-        // The operator's sealing key, when set, replaces the file.
-        let operator = ServerSecret::load(other.path(), Some("k".repeat(40).as_str())).unwrap();
+        // The operator's sealing key is used where there is no file, and writes none; where
+        // there is one, the file keeps being used.
+        let keyed = tempfile::tempdir().unwrap();
+        let operator = ServerSecret::load(keyed.path(), Some("k".repeat(40).as_str())).unwrap();
         assert!(operator.open(&key, user, &link).is_err());
+        assert!(!keyed.path().join(SECRET_FILE).exists());
+        let kept = ServerSecret::load(dir.path(), Some("k".repeat(40).as_str())).unwrap();
+        assert!(kept.open(&key, user, &link).is_ok());
     }
 
     #[test]

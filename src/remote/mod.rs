@@ -11,10 +11,11 @@
 //!   each request ([`link`]). Record payloads and blob chunks are files there; our disk keeps
 //!   only their size and SHA-256.
 //!
-//! Names on a backend ([`record_key`], [`chunk_key`]) are content-addressed for records
-//! (`records/<collection>/<id>.<sha256>`), so an upload is idempotent, a retry rewrites the same
-//! bytes under the same name, and a reader checks what it got against the digest the index
-//! holds. Remote ETags are never trusted: mtime-based ones miss same-second overwrites.
+//! Names on a backend ([`record_key`], [`chunk_key`]) end in a random upload id, so a name is
+//! written once and never again: a retry, a resent chunk or a move makes a new file, and
+//! removing a file nothing refers to can never race with an upload of the same name. A reader
+//! checks what it got against the size and SHA-256 the index holds. Remote ETags are never
+//! trusted: mtime-based ones miss same-second overwrites.
 
 pub mod link;
 pub mod webdav;
@@ -44,6 +45,19 @@ pub struct RemoteRef {
     /// Lower-case hex SHA-256 of the bytes.
     pub sha256: String,
     pub size: u64,
+    /// Random (64 bits, hex), new for every upload: part of the name.
+    pub upload: String,
+}
+
+impl RemoteRef {
+    /// The reference of `bytes` about to be uploaded under a new name.
+    pub fn of(bytes: &[u8]) -> RemoteRef {
+        RemoteRef {
+            sha256: sha256_hex(bytes),
+            size: bytes.len() as u64,
+            upload: format!("{:016x}", rand::random::<u64>()),
+        }
+    }
 }
 
 /// Why a backend could not do what was asked.
@@ -89,15 +103,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(digest(&SHA256, bytes).as_ref())
 }
 
-/// The name of a record's payload: `records/<collection>/<id>.<sha256>`. Collection names and
+/// The name of a record's payload: `records/<collection>/<id>.<upload>`. Collection names and
 /// ids are URL-safe by construction (`datasync::check_collection`, `check_id`).
-pub fn record_key(collection: &str, id: &str, sha256: &str) -> String {
-    format!("records/{collection}/{id}.{sha256}")
+pub fn record_key(collection: &str, id: &str, stored: &RemoteRef) -> String {
+    format!("records/{collection}/{id}.{}", stored.upload)
 }
 
-/// The name of a blob's chunk: `blobs/<blob id>/<index, six digits>`.
-pub fn chunk_key(blob: &str, index: u64) -> String {
-    format!("blobs/{blob}/{index:06}")
+/// The name of a blob's chunk: `blobs/<blob id>/<index, six digits>.<upload>`.
+pub fn chunk_key(blob: &str, index: u64, stored: &RemoteRef) -> String {
+    format!("blobs/{blob}/{index:06}.{}", stored.upload)
 }
 
 /// Reads `key` and checks it against `expected`: `Ok(None)` if it is gone.
@@ -122,6 +136,11 @@ impl From<RemoteError> for ApiError {
     fn from(error: RemoteError) -> ApiError {
         match error {
             RemoteError::Unavailable(_) => ApiError::RemoteUnavailable,
+            // Our own disk, not the user's storage.
+            RemoteError::Local(reason) => {
+                tracing::error!(%reason, "blob storage on this server's disk failed");
+                ApiError::StorageUnavailable
+            }
             other => ApiError::RemoteFailed(other.to_string()),
         }
     }
@@ -270,9 +289,9 @@ impl LocalStore {
     fn put_now(path: &Path, data: &[u8]) -> std::io::Result<()> {
         let dir = path.parent().expect("keys have a folder");
         std::fs::create_dir_all(dir)?;
-        let temporary = path.with_extension("partial");
-        // Left over by a crash mid-write: never the object itself, which is renamed in whole.
-        let _ = std::fs::remove_file(&temporary);
+        // A name of its own, so two writers never share one; one left over by a crash is
+        // never the object itself, which appears only by rename, in whole.
+        let temporary = path.with_extension(format!("partial-{:016x}", rand::random::<u64>()));
         let mut file = crate::store::open_private(&temporary, true)?;
         file.write_all(data)?;
         file.sync_all()?;
@@ -332,26 +351,17 @@ mod tests {
     async fn local_store_puts_gets_and_deletes_idempotently() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().join("u"));
-        let key = chunk_key("b1", 3);
-        assert_eq!(key, "blobs/b1/000003");
+        let stored = RemoteRef::of(b"two");
+        assert_ne!(RemoteRef::of(b"two").upload, stored.upload);
+        let key = chunk_key("b1", 3, &stored);
+        assert_eq!(key, format!("blobs/b1/000003.{}", stored.upload));
         assert_eq!(store.get(&key).await.unwrap(), None);
         store.put(&key, Bytes::from_static(b"one")).await.unwrap();
         store.put(&key, Bytes::from_static(b"two")).await.unwrap();
         assert_eq!(store.get(&key).await.unwrap().unwrap(), "two");
-        let expected = RemoteRef {
-            sha256: sha256_hex(b"two"),
-            size: 3,
-        };
-        assert!(
-            get_checked(&store, &key, &expected)
-                .await
-                .unwrap()
-                .is_some()
-        );
-        let wrong = RemoteRef {
-            sha256: sha256_hex(b"one"),
-            size: 3,
-        };
+        let found = get_checked(&store, &key, &stored).await.unwrap();
+        assert!(found.is_some());
+        let wrong = RemoteRef::of(b"one");
         assert!(matches!(
             get_checked(&store, &key, &wrong).await,
             Err(RemoteError::Corrupt(_))

@@ -29,7 +29,7 @@ use super::sync::{Answer, Caller};
 use super::{field_error, query_param};
 use crate::clock::now_ms;
 use crate::datasync::placement::{Blob, Moved, StorageChange, ToMove};
-use crate::datasync::{Condition, Fetch, Purge, Refused, UserSync, Write};
+use crate::datasync::{Condition, Fetch, Refused, UserSync, Write};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::ids::UserId;
@@ -37,9 +37,7 @@ use crate::remote::link::{
     Credentials, KEY_HEADER, NEW_KEY_HEADER, StorageKey, StoredLink, new_link_id,
 };
 use crate::remote::webdav::normalize_url;
-use crate::remote::{
-    ObjectStore, RemoteError, RemoteRef, chunk_key, get_checked, record_key, sha256_hex,
-};
+use crate::remote::{ObjectStore, RemoteError, RemoteRef, chunk_key, get_checked, record_key};
 
 /// Records moved per step when a storage is linked or unlinked.
 const MOVE_BATCH: usize = 100;
@@ -158,7 +156,8 @@ where
 }
 
 /// Removes payloads nothing refers to any more, off the request's path; what cannot be
-/// removed now is kept for the next request with the key.
+/// removed now is kept for the next request with the key. Names are never reused, so a
+/// name nothing refers to now never will again.
 fn remove_garbage(store: Arc<dyn ObjectStore>, sync: Arc<UserSync>, keys: Vec<String>) {
     if keys.is_empty() {
         return;
@@ -166,9 +165,6 @@ fn remove_garbage(store: Arc<dyn ObjectStore>, sync: Arc<UserSync>, keys: Vec<St
     tokio::spawn(async move {
         let mut left = Vec::new();
         for key in keys {
-            if sync.uses_key(&key) {
-                continue;
-            }
             if let Err(error) = store.delete(&key).await {
                 warn!(%error, "could not remove an unreferenced payload from the linked storage");
                 left.push(key);
@@ -220,12 +216,9 @@ pub(super) async fn write(
         .iter_mut()
         .map(|put| {
             let bytes = Bytes::from(std::mem::take(&mut put.payload));
-            let sha256 = sha256_hex(&bytes);
-            let key = record_key(&collection, &put.id, &sha256);
-            put.remote = Some(RemoteRef {
-                sha256,
-                size: bytes.len() as u64,
-            });
+            let stored = RemoteRef::of(&bytes);
+            let key = record_key(&collection, &put.id, &stored);
+            put.remote = Some(stored);
             (key, bytes)
         })
         .collect();
@@ -245,7 +238,7 @@ pub(super) async fn write(
         Some(error) => Err(Refused::Api(error.into())),
         None => sync.write_placed(
             user,
-            write.clone(),
+            write,
             condition,
             target,
             limits,
@@ -261,19 +254,8 @@ pub(super) async fn write(
             Ok(rev)
         }
         Err(refused) => {
-            // Uploaded for nothing: remove, unless the record's current version is those
-            // very bytes (a retry of a write that already went through).
-            let unused = write
-                .puts
-                .iter()
-                .zip(keys)
-                .filter(|(put, _)| {
-                    let sha = put.remote.as_ref().map_or("", |r| r.sha256.as_str());
-                    !sync.refers_to(&collection, &put.id, sha)
-                })
-                .map(|(_, key)| key)
-                .collect();
-            remove_garbage(linked.store.clone(), sync.clone(), unused);
+            // Uploaded for nothing, under names nothing will ever refer to.
+            remove_garbage(linked.store.clone(), sync.clone(), keys);
             Err(refused)
         }
     }
@@ -284,7 +266,7 @@ pub(super) async fn write(
 /// dropped from the page (its newer version is past this page, so a later read has it).
 pub(super) async fn fill(
     gateway: &Gateway,
-    sync: &UserSync,
+    sync: &Arc<UserSync>,
     headers: &HeaderMap,
     user: UserId,
     mut records: Vec<Value>,
@@ -294,6 +276,8 @@ pub(super) async fn fill(
         return Ok(records);
     }
     let linked = open_link(gateway, user, sync, headers)?.ok_or(ApiError::RemoteNotLinked)?;
+    // A request with the key: a chance to remove what purges left behind.
+    collect_garbage(&linked, sync);
     let store = linked.store.clone();
     let results = bounded(
         fetch.clone(),
@@ -313,16 +297,28 @@ pub(super) async fn fill(
                 })?;
                 records[item.index]["payload"] = json!(payload);
             }
-            None if sync.item_rev(&item.collection, &item.id) != Some(item.rev) => {
-                gone.push(item.index)
-            }
-            None => {
-                return Err(RemoteError::Corrupt(format!(
-                    "{} is missing from the linked storage",
-                    item.key()
-                ))
-                .into());
-            }
+            // Not there: what does the index say now?
+            None => match sync.record(&item.collection, &item.id, now_ms()) {
+                // Moved back here meanwhile (an unlink), at the same revision.
+                Some((value, rev, None)) if rev == item.rev => {
+                    records[item.index]["payload"] = value["payload"].clone();
+                }
+                // Still the very file we read: the storage lost it.
+                Some((_, rev, Some(now))) if rev == item.rev && now.expected == item.expected => {
+                    return Err(RemoteError::Corrupt(format!(
+                        "{} is missing from the linked storage",
+                        item.key()
+                    ))
+                    .into());
+                }
+                // Moved again under a new name at the same revision (unlinked and linked
+                // again during this read): reading again finds it.
+                Some((_, rev, _)) if rev == item.rev => {
+                    return Err(ApiError::RemoteLinkChanged);
+                }
+                // Replaced or deleted meanwhile: its newer version is past this page.
+                _ => gone.push(item.index),
+            },
         }
     }
     for index in gone.into_iter().rev() {
@@ -489,7 +485,7 @@ async fn link(
                     &existing.url,
                     &credentials,
                 );
-                reseal(gateway, user, sync, &existing.id, sealed).await?;
+                reseal(gateway, user, sync, &existing, sealed).await?;
                 info!(%user, "storage credentials replaced");
             }
             sync.link().ok_or(ApiError::RemoteLinkChanged)?
@@ -535,7 +531,8 @@ async fn link(
 }
 
 /// Moves every record payload to the linked storage (`to_link`) or back here, in steps of
-/// [`MOVE_BATCH`]; returns how many moved. A record written meanwhile keeps its new place.
+/// [`MOVE_BATCH`]; returns how many moved. A record written meanwhile keeps its new place;
+/// every step checks, under the user's lock, that the link is still the one moved to or from.
 async fn move_records(
     gateway: &Gateway,
     user: UserId,
@@ -559,30 +556,32 @@ async fn move_records(
                 let store = store.clone();
                 async move {
                     if to_link {
-                        let sha256 = sha256_hex(item.payload.as_bytes());
-                        let key = record_key(&item.collection, &item.id, &sha256);
-                        let size = item.payload.len() as u64;
+                        let stored = RemoteRef::of(item.payload.as_bytes());
+                        let key = record_key(&item.collection, &item.id, &stored);
                         store.put(&key, Bytes::from(item.payload)).await?;
-                        Ok((String::new(), Some(RemoteRef { sha256, size }), key))
+                        Ok((None, Some(stored), key))
                     } else {
                         let expected = item.remote.clone().expect("listed for its reference");
-                        let key = record_key(&item.collection, &item.id, &expected.sha256);
+                        let key = record_key(&item.collection, &item.id, &expected);
                         let bytes = get_checked(store.as_ref(), &key, &expected).await?;
                         let payload = bytes
                             .map(|b| String::from_utf8(b.to_vec()))
                             .transpose()
                             .map_err(|_| RemoteError::Corrupt(format!("{key} is not text")))?;
-                        Ok((payload.unwrap_or_default(), None, key))
+                        Ok((payload, None, key))
                     }
                 }
             },
         )
         .await;
         let mut by_collection: std::collections::BTreeMap<String, Vec<Moved>> = Default::default();
+        let mut uploaded = Vec::new();
         let mut moved_now = 0;
         for (item, result) in batch.into_iter().zip(results) {
             let (payload, remote, key) = result?;
-            if !to_link && payload.is_empty() {
+            if to_link {
+                uploaded.push(key);
+            } else if payload.is_none() {
                 // Gone from the storage: fine only if the record changed meanwhile.
                 if sync.item_rev(&item.collection, &item.id) == Some(item.rev) {
                     return Err(
@@ -590,8 +589,7 @@ async fn move_records(
                     );
                 }
                 continue;
-            }
-            if !to_link {
+            } else {
                 removable.push(key);
             }
             by_collection
@@ -600,16 +598,28 @@ async fn move_records(
                 .push(Moved {
                     id: item.id,
                     rev: item.rev,
-                    payload,
+                    payload: payload.unwrap_or_default(),
                     remote,
                 });
             moved_now += 1;
         }
         for (collection, moved) in by_collection {
             let change = StorageChange::Moved { collection, moved };
-            sync.change(user, &gateway.journal, |_| Ok(change))?
-                .wait()
-                .await?;
+            let committed = sync.change(user, &gateway.journal, |state| {
+                if state.link.as_ref().is_some_and(|l| l.id == linked.link.id) {
+                    Ok(change)
+                } else {
+                    Err(ApiError::RemoteLinkChanged)
+                }
+            });
+            match committed {
+                Ok(commit) => commit.wait().await?,
+                Err(error) => {
+                    // Uploaded to a storage that is no longer the user's: nothing refers to it.
+                    remove_garbage(linked.store.clone(), sync.clone(), uploaded);
+                    return Err(error);
+                }
+            }
         }
         moved_total += moved_now;
         if moved_now == 0 {
@@ -623,8 +633,9 @@ async fn move_records(
     Ok(moved_total)
 }
 
-/// Copies every blob kept in the old place to the new one, chunk by chunk, then switches it
-/// and removes the old copy; returns how many moved.
+/// Copies every blob kept in the old place to the new one, chunk by chunk under new names,
+/// then switches it (if nothing changed meanwhile, and the link is still the same) and
+/// removes the old copy; returns how many moved.
 async fn move_blobs(
     gateway: &Gateway,
     user: UserId,
@@ -644,31 +655,43 @@ async fn move_blobs(
         if blob.link == target {
             continue;
         }
-        for (index, sha) in blob.chunks.iter().enumerate() {
-            let Some(sha256) = sha else { continue };
-            let key = chunk_key(&id, index as u64);
-            let expected = RemoteRef {
-                sha256: sha256.clone(),
-                size: blob.chunk_len(index as u64),
+        let mut copies = Vec::with_capacity(blob.chunks.len());
+        let mut written = Vec::new();
+        for (index, chunk) in blob.chunks.iter().enumerate() {
+            let Some(chunk) = chunk else {
+                copies.push(None);
+                continue;
             };
-            let bytes = get_checked(from.as_ref(), &key, &expected)
+            let key = chunk_key(&id, index as u64, chunk);
+            let bytes = get_checked(from.as_ref(), &key, chunk)
                 .await?
                 .ok_or_else(|| RemoteError::Corrupt(format!("{key} is missing")))?;
-            to.put(&key, bytes).await?;
+            let copy = RemoteRef::of(&bytes);
+            let new_key = chunk_key(&id, index as u64, &copy);
+            to.put(&new_key, bytes).await?;
+            written.push(new_key);
+            copies.push(Some(copy));
         }
         let change = StorageChange::BlobMoved {
             blob: id.clone(),
             link: target.clone(),
+            chunks: copies,
         };
-        let copied = blob.chunks.clone();
         let switched = sync.change(user, &gateway.journal, |state| {
-            // A chunk that arrived during the copy is not in the new place: try next time.
+            // A chunk that arrived during the copy is not in the new place, and a link that
+            // changed is not where we copied to: leave this blob for next time.
+            let same_link = state.link.as_ref().is_some_and(|l| l.id == linked.link.id);
             match state.blobs.get(&id) {
-                Some(now) if now.chunks == copied => Ok(change),
+                Some(now) if now.chunks == blob.chunks && same_link => Ok(change),
                 _ => Err(ApiError::RemoteLinkChanged),
             }
         });
-        let Ok(commit) = switched else { continue };
+        let Ok(commit) = switched else {
+            for key in written {
+                let _ = to.delete(&key).await;
+            }
+            continue;
+        };
         commit.wait().await?;
         moved += 1;
         let old = blob.stored_keys(&id);
@@ -701,28 +724,40 @@ async fn unlink(
     };
     let mut summary = json!({});
     if leave {
-        let dropped = drop_linked_data(gateway, user, sync, &link.id).await?;
-        summary["dropped"] = json!(dropped);
+        let (records, blobs, commit) = sync.unlink_leaving(user, &gateway.journal, &link.id)?;
+        commit.wait().await?;
+        summary["dropped"] = json!({ "records": records, "blobs": blobs });
     } else {
         let linked = open_link(gateway, user, sync, headers)?.ok_or(ApiError::RemoteNotLinked)?;
         let records = move_records(gateway, user, sync, &linked, false).await?;
         let blobs = move_blobs(gateway, user, sync, &linked, false).await?;
         summary["moved"] = json!({ "records": records, "blobs": blobs });
-        let (_, there) = sync.placement_counts();
-        if there > 0 {
-            // Written to the storage while moving: the caller tries again.
-            return Err(ApiError::RemoteLinkChanged);
-        }
         let garbage = sync.take_garbage();
         let commit = sync.change(user, &gateway.journal, |state| {
-            if state.link.as_ref().is_some_and(|l| l.id == link.id) {
+            // Decided under the lock: a write that reached the storage while we moved (or a
+            // blob that did) would be left pointing at a storage no longer linked.
+            let linked_here = state.link.as_ref().is_some_and(|l| l.id == link.id);
+            let still_there = state
+                .collections
+                .values()
+                .flat_map(|c| c.items.values())
+                .any(|item| item.remote.is_some())
+                || state.blobs.values().any(|b| b.link.is_some());
+            if linked_here && !still_there {
                 Ok(StorageChange::Unlinked {
                     link: link.id.clone(),
                 })
             } else {
                 Err(ApiError::RemoteLinkChanged)
             }
-        })?;
+        });
+        let commit = match commit {
+            Ok(commit) => commit,
+            Err(error) => {
+                sync.add_garbage(garbage);
+                return Err(error);
+            }
+        };
         commit.wait().await?;
         // The storage's copies go once ours are durable and the link is gone.
         remove_garbage(linked.store.clone(), sync.clone(), garbage);
@@ -731,50 +766,6 @@ async fn unlink(
     let mut answer = status(sync);
     answer["unlinked"] = summary;
     Ok(Answer::ok(answer, None))
-}
-
-/// For `leave`: drops the records and blobs kept in the storage from the index (files left
-/// as they are), raising each collection's horizon so that devices behind it start over,
-/// then the link itself.
-async fn drop_linked_data(
-    gateway: &Gateway,
-    user: UserId,
-    sync: &Arc<UserSync>,
-    link: &str,
-) -> Result<Value, ApiError> {
-    let remote = sync.to_move(false, usize::MAX);
-    let mut purges: std::collections::BTreeMap<String, Purge> = Default::default();
-    for item in &remote {
-        let purge = purges
-            .entry(item.collection.clone())
-            .or_insert_with(|| Purge {
-                collection: item.collection.clone(),
-                removed: Vec::new(),
-                horizon: sync.collection_rev(&item.collection),
-            });
-        purge.removed.push((item.id.clone(), item.rev));
-    }
-    let records = remote.len();
-    // The journal is written in order: once the last of these is durable, all are.
-    for (_, purge) in purges {
-        drop(sync.drop_purged(user, purge, &gateway.journal));
-    }
-    let mut blobs = 0;
-    for (id, blob) in sync.blobs() {
-        if blob.link.as_deref() == Some(link) {
-            let change = StorageChange::BlobDeleted { blob: id };
-            drop(sync.change(user, &gateway.journal, |_| Ok(change))?);
-            blobs += 1;
-        }
-    }
-    let unlinked = StorageChange::Unlinked {
-        link: link.to_owned(),
-    };
-    let commit = sync.change(user, &gateway.journal, |_| Ok(unlinked))?;
-    // Nothing the storage holds is ours to remove now.
-    drop(sync.take_garbage());
-    commit.wait().await?;
-    Ok(json!({ "records": records, "blobs": blobs }))
 }
 
 /// `POST /1/remote-storage/rekey`: the credentials, opened with `X-Storage-Key`, sealed
@@ -798,23 +789,25 @@ async fn rekey(
         .secret
         .seal(&new_key, user, &link.id, &link.url, &credentials);
     drop(credentials);
-    reseal(gateway, user, sync, &link.id, sealed).await?;
+    reseal(gateway, user, sync, &link, sealed).await?;
     info!(%user, "storage key rotated");
     Ok(Answer::ok(status(sync), None))
 }
 
-/// Replaces the sealed credentials of link `link` (journaled), if it is still the user's.
+/// Replaces the sealed credentials of `link` (journaled), if they are still exactly those
+/// the caller opened: of two devices re-keying at once, the second is told to try again
+/// (and then needs the key the first one chose) rather than silently winning.
 async fn reseal(
     gateway: &Gateway,
     user: UserId,
     sync: &UserSync,
-    link: &str,
+    link: &StoredLink,
     sealed: String,
 ) -> Result<(), ApiError> {
     let commit = sync.change(user, &gateway.journal, |state| {
-        if state.link.as_ref().is_some_and(|l| l.id == link) {
+        if state.link.as_ref() == Some(link) {
             Ok(StorageChange::Rekeyed {
-                link: link.to_owned(),
+                link: link.id.clone(),
                 sealed,
             })
         } else {
@@ -833,7 +826,7 @@ fn blob_json(id: &str, blob: &Blob) -> Value {
         "chunk_size": blob.chunk_size,
         "chunks": blob.chunks.len(),
         "missing": blob.missing(),
-        "complete": blob.chunks.iter().all(Option::is_some),
+        "complete": blob.complete(),
         "hash": blob.hash(),
         "stored": if blob.link.is_some() { "linked" } else { "here" },
         "created_ms": blob.created_ms,
@@ -880,29 +873,24 @@ async fn create_blob(
             limit: limits.max_blob_bytes,
         });
     }
-    let link = sync.link().map(|l| l.id);
-    let meta = Blob::new(size, limits.chunk_bytes, now_ms(), link);
     let id = new_link_id();
-    sync.create_blob(
-        user,
-        &gateway.journal,
-        id.clone(),
-        meta.clone(),
-        limits.max_user_bytes,
-    )?
-    .wait()
-    .await?;
+    let (meta, commit) =
+        sync.create_blob(user, &gateway.journal, id.clone(), size, now_ms(), limits)?;
+    commit.wait().await?;
     let mut answer = Answer::ok(blob_json(&id, &meta), None);
     answer.status = StatusCode::CREATED;
     Ok(answer)
 }
 
 /// `PUT /1/blobs/{id}/chunks/{index}`: one chunk, exactly as long as the blob's layout says.
-/// Sending a chunk again replaces it (a resumed upload may resend the last one).
+/// Until the blob is complete, sending a chunk again replaces it (a resumed upload may resend
+/// the last one); once it is complete, its chunks never change: the same bytes again are
+/// accepted as the retry they are, different ones refused.
+#[allow(clippy::too_many_arguments)]
 async fn put_chunk(
     gateway: &Gateway,
     user: UserId,
-    sync: &UserSync,
+    sync: &Arc<UserSync>,
     headers: &HeaderMap,
     id: &str,
     index: u64,
@@ -922,34 +910,65 @@ async fn put_chunk(
             body.len()
         )));
     }
-    let sha256 = sha256_hex(body);
+    let stored = RemoteRef::of(body);
     let claimed = headers
         .get("x-chunk-sha256")
         .map(|v| v.to_str().map(str::to_ascii_lowercase).unwrap_or_default());
-    if claimed.is_some_and(|claimed| claimed != sha256) {
+    if claimed.is_some_and(|claimed| claimed != stored.sha256) {
         return Err(ApiError::BlobChunkInvalid(
             "the chunk does not match its X-Chunk-Sha256: it was damaged on the way".to_owned(),
         ));
     }
+    let answer = |blob: &Blob, sha256: &str| {
+        let mut answer = blob_json(id, blob);
+        answer["index"] = json!(index);
+        answer["sha256"] = json!(sha256);
+        Answer::ok(answer, None)
+    };
+    let same =
+        |chunk: &Option<RemoteRef>| chunk.as_ref().is_some_and(|c| c.sha256 == stored.sha256);
+    if blob.complete() {
+        return if same(&blob.chunks[index as usize]) {
+            Ok(answer(&blob, &stored.sha256))
+        } else {
+            Err(ApiError::BlobChunkInvalid(
+                "the blob is complete: its chunks no longer change".to_owned(),
+            ))
+        };
+    }
     let store = blob_store(gateway, user, sync, headers, &blob)?;
-    store.put(&chunk_key(id, index), body.clone()).await?;
+    let key = chunk_key(id, index, &stored);
+    store.put(&key, body.clone()).await?;
     let change = StorageChange::BlobChunk {
         blob: id.to_owned(),
         index,
-        sha256: sha256.clone(),
+        chunk: stored.clone(),
     };
-    sync.change(user, &gateway.journal, |state| match state.blobs.get(id) {
-        Some(now) if now.link == blob.link => Ok(change),
-        Some(_) => Err(ApiError::RemoteLinkChanged),
+    let mut replaced = None;
+    let committed = sync.change(user, &gateway.journal, |state| match state.blobs.get(id) {
+        Some(now) if now.link != blob.link => Err(ApiError::RemoteLinkChanged),
+        Some(now) if now.complete() => Err(ApiError::BlobChunkInvalid(
+            "the blob is complete: its chunks no longer change".to_owned(),
+        )),
+        Some(now) => {
+            replaced = now.chunks[index as usize].clone();
+            Ok(change)
+        }
         None => Err(ApiError::NotFound),
-    })?
-    .wait()
-    .await?;
+    });
+    let commit = match committed {
+        Ok(commit) => commit,
+        Err(error) => {
+            remove_garbage(store, sync.clone(), vec![key]);
+            return Err(error);
+        }
+    };
+    commit.wait().await?;
+    if let Some(old) = replaced {
+        remove_garbage(store, sync.clone(), vec![chunk_key(id, index, &old)]);
+    }
     let blob = sync.blob(id).ok_or(ApiError::NotFound)?;
-    let mut answer = blob_json(id, &blob);
-    answer["index"] = json!(index);
-    answer["sha256"] = json!(sha256);
-    Ok(Answer::ok(answer, None))
+    Ok(answer(&blob, &stored.sha256))
 }
 
 /// `GET /1/blobs/{id}/chunks/{index}`: one chunk's bytes, checked against its digest.
@@ -962,7 +981,7 @@ async fn get_chunk(
     index: u64,
 ) -> Result<Answer, ApiError> {
     let blob = sync.blob(id).ok_or(ApiError::NotFound)?;
-    let sha256 = blob
+    let stored = blob
         .chunks
         .get(index as usize)
         .ok_or(ApiError::NotFound)?
@@ -971,12 +990,8 @@ async fn get_chunk(
             missing: blob.missing().len(),
         })?;
     let store = blob_store(gateway, user, sync, headers, &blob)?;
-    let key = chunk_key(id, index);
-    let expected = RemoteRef {
-        sha256,
-        size: blob.chunk_len(index),
-    };
-    let bytes = get_checked(store.as_ref(), &key, &expected)
+    let key = chunk_key(id, index, &stored);
+    let bytes = get_checked(store.as_ref(), &key, &stored)
         .await?
         .ok_or_else(|| RemoteError::Corrupt(format!("{key} is missing")))?;
     Ok(Answer {
@@ -1019,7 +1034,12 @@ pub async fn expire_uploads(gateway: &Gateway, now: u64) -> usize {
     for (user, sync) in gateway.sync.users() {
         for (id, blob) in sync.stale_uploads(before) {
             let change = StorageChange::BlobDeleted { blob: id.clone() };
-            let Ok(commit) = sync.change(user, &gateway.journal, |_| Ok(change)) else {
+            // Finished meanwhile? Then it stays.
+            let decided = sync.change(user, &gateway.journal, |state| match state.blobs.get(&id) {
+                Some(now) if !now.complete() => Ok(change),
+                _ => Err(ApiError::NotFound),
+            });
+            let Ok(commit) = decided else {
                 continue;
             };
             if commit.wait().await.is_err() {
