@@ -684,7 +684,8 @@ where
 }
 
 impl Exchange {
-    /// Answers (see [`Exchange::answer`]) and counts how the poll ended.
+    /// Answers (see [`Exchange::answer`]) and counts how the poll ended. Cancel safety: as
+    /// for `answer`.
     async fn respond(self, gateway: Arc<Gateway>) -> Response<Body> {
         // `answer` borrows: a future that took `self` by value would keep a second copy of it.
         let (response, end) = self.answer(&gateway).await;
@@ -698,6 +699,9 @@ impl Exchange {
     /// The timer and the shutdown watch are created once and pinned in place, and only
     /// borrowed by each round of waiting: `select!` keeps what it is given by value in its
     /// own state, so handing it fresh futures would hold each of them twice while parked.
+    ///
+    /// Cancel safety: dropping it deregisters the parked poll and its timer; what is queued
+    /// stays in the outbox for the next poll.
     async fn answer(&self, gateway: &Gateway) -> (Response<Body>, PollEnd) {
         let limits = &gateway.config.devices;
         let (device, signer) = (&self.device, &self.signer);
