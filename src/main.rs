@@ -196,6 +196,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listen = config.server.listen;
         let metrics_listen = config.metrics.listen;
         let gateway = Gateway::open(config)?;
+        gateway
+            .metrics
+            .register(std::sync::Arc::new(wheresmyfox::metrics::JemallocStats));
         let listener =
             server::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
         if let Some(addr) = metrics_listen {

@@ -443,6 +443,70 @@ pub fn render(gateway: &Gateway) -> String {
     out.into_text()
 }
 
+// === The allocator ===
+
+/// jemalloc's own account of the heap, for a process whose global allocator is jemalloc (the
+/// `wheresmyfox` binary registers it; tests and tools on the system allocator do not, since
+/// they would report an idle jemalloc).
+///
+/// Why operators want it: the process's RSS alone cannot tell live data (`allocated`) from
+/// pages the allocator keeps for reuse (`resident` minus `allocated`), which is the first
+/// question when memory per parked device grows.
+#[derive(Debug, Default)]
+pub struct JemallocStats;
+
+impl Collect for JemallocStats {
+    fn collect(&self, out: &mut Exposition) {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        // The figures are cached by jemalloc and refreshed only when the epoch advances.
+        if epoch::advance().is_err() {
+            return;
+        }
+        let read = |value: tikv_jemalloc_ctl::Result<usize>| value.map(|v| v as f64);
+        let figures = [
+            (
+                "allocated",
+                read(stats::allocated::read()),
+                "Bytes in live allocations.",
+            ),
+            (
+                "active",
+                read(stats::active::read()),
+                "Bytes in pages that hold live allocations.",
+            ),
+            (
+                "resident",
+                read(stats::resident::read()),
+                "Bytes of the allocator's pages resident in memory (data and metadata).",
+            ),
+            (
+                "metadata",
+                read(stats::metadata::read()),
+                "Bytes the allocator uses for its own bookkeeping.",
+            ),
+            (
+                "mapped",
+                read(stats::mapped::read()),
+                "Bytes in the allocator's mapped extents.",
+            ),
+            (
+                "retained",
+                read(stats::retained::read()),
+                "Bytes of virtual memory kept mapped but returned to the system.",
+            ),
+        ];
+        for (name, value, help) in figures {
+            if let Ok(value) = value {
+                out.gauge(
+                    &format!("wheresmyfox_allocator_{name}_bytes"),
+                    &format!("jemalloc: {help}"),
+                    &[(&[], value)],
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

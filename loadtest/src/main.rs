@@ -82,7 +82,7 @@ pub struct Args {
     #[arg(long)]
     pub state: Option<PathBuf>,
     /// The server's process id, to measure its memory (RSS, with its child processes: nginx's
-    /// workers) before and after parking.
+    /// workers) before and after parking, and again once the load is over.
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Where to write result.json and summary.md (and the plots).
@@ -312,6 +312,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every device has polled again after its last command by now.
+    let rss_after_load = args.server_pid.and_then(rss_bytes);
     stop_tx.send_replace(true);
     for task in device_tasks {
         let _ = task.await;
@@ -325,8 +327,11 @@ async fn main() -> anyhow::Result<()> {
         load_secs,
         parked_in,
         storm_recovery,
-        rss_before,
-        rss_parked,
+        report::ServerRss {
+            before: rss_before,
+            parked: rss_parked,
+            after_load: rss_after_load,
+        },
     );
     result.write(&args.out)?;
     if args.plot {

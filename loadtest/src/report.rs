@@ -49,6 +49,22 @@ pub struct Result {
     pub server_rss_before_bytes: Option<u64>,
     pub server_rss_parked_bytes: Option<u64>,
     pub bytes_per_parked_device: Option<f64>,
+    /// The server's RSS at the end of the load, every command delivered and its device
+    /// parked again: connections that have carried an exchange, and device records that
+    /// hold its history, cost more than freshly parked ones.
+    pub server_rss_after_load_bytes: Option<u64>,
+    pub bytes_per_parked_device_after_load: Option<f64>,
+}
+
+/// The server's resident memory at the three moments a run samples it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerRss {
+    /// Devices registered, none connected.
+    pub before: Option<u64>,
+    /// Every device parked, no command sent yet.
+    pub parked: Option<u64>,
+    /// The load over, every device parked again.
+    pub after_load: Option<u64>,
 }
 
 fn latency(histogram: &Histogram<u64>) -> Latency {
@@ -72,12 +88,11 @@ impl Result {
         load_secs: f64,
         parked_in: Duration,
         storm_recovery_secs: Option<f64>,
-        rss_before: Option<u64>,
-        rss_parked: Option<u64>,
+        rss: ServerRss,
     ) -> Result {
         let received = shared.received.load(Ordering::Relaxed);
         let lost = shared.inflight.lock().unwrap().len() as u64;
-        let bytes_per_parked_device = match (rss_before, rss_parked) {
+        let per_device = |after: Option<u64>| match (rss.before, after) {
             (Some(before), Some(after)) if devices > 0 => {
                 Some((after as f64 - before as f64) / devices as f64)
             }
@@ -105,9 +120,11 @@ impl Result {
             command_to_device: latency(&shared.latency.lock().unwrap()),
             owner_request: latency(&shared.owner_latency.lock().unwrap()),
             errors: shared.errors.lock().unwrap().clone(),
-            server_rss_before_bytes: rss_before,
-            server_rss_parked_bytes: rss_parked,
-            bytes_per_parked_device,
+            server_rss_before_bytes: rss.before,
+            server_rss_parked_bytes: rss.parked,
+            bytes_per_parked_device: per_device(rss.parked),
+            server_rss_after_load_bytes: rss.after_load,
+            bytes_per_parked_device_after_load: per_device(rss.after_load),
         }
     }
 
@@ -168,6 +185,17 @@ impl Result {
             text += &format!(
                 "| server RSS before / with all parked | {:.1} / {:.1} MiB |\n| server memory per parked device | {:.0} bytes ({:.2} KiB) |\n",
                 before as f64 / 1048576.0,
+                after as f64 / 1048576.0,
+                per,
+                per / 1024.0
+            );
+        }
+        if let (Some(after), Some(per)) = (
+            self.server_rss_after_load_bytes,
+            self.bytes_per_parked_device_after_load,
+        ) {
+            text += &format!(
+                "| server RSS after the load, all parked again | {:.1} MiB |\n| server memory per parked device after the load | {:.0} bytes ({:.2} KiB) |\n",
                 after as f64 / 1048576.0,
                 per,
                 per / 1024.0

@@ -222,7 +222,7 @@ where
         Ok(Route::DeviceExchange(id)) => {
             span.record("device", id.as_str());
             let exchange = span.in_scope(|| exchange_device(request, gateway, id));
-            Box::pin(async move { Ok(exchange.await) }.instrument(span))
+            Box::pin(exchange.instrument(span))
         }
         Ok(route) => Box::pin(
             async move {
@@ -253,7 +253,10 @@ where
     B::Error: Into<BoxError>,
 {
     match route {
-        Route::DeviceExchange(id) => Ok(exchange_device(request, gateway.clone(), id).await),
+        Route::DeviceExchange(id) => {
+            let Ok(response) = exchange_device(request, gateway.clone(), id).await;
+            Ok(response)
+        }
         Route::Heartbeat => Ok(ops::heartbeat(gateway)),
         Route::LbHeartbeat => Ok(json_response(StatusCode::OK, &json!({}))),
         Route::Metrics if gateway.config.metrics.listen.is_some() => Err(ApiError::NotFound),
@@ -606,7 +609,8 @@ fn check_push_url(url: &str, gateway: &Gateway) -> Result<(), ApiError> {
 /// Two phases, each in its own allocation: accepting the request (which needs the request,
 /// its body and the verification state), then answering (which needs only an [`Exchange`]).
 /// The first is created here, outside the returned future, and freed when it completes, so a
-/// parked poll holds a few hundred bytes rather than everything the first phase needed.
+/// parked poll holds a few hundred bytes rather than everything the first phase needed. The
+/// returned future itself only ever holds one of the two boxes and the gateway.
 ///
 /// Cancel safety: if the client goes away the future is dropped, which deregisters the parked
 /// poll; queued commands stay in the outbox for the next poll.
@@ -614,24 +618,23 @@ fn exchange_device<B>(
     request: Request<B>,
     gateway: Arc<Gateway>,
     id: String,
-) -> impl Future<Output = Response<Body>> + Send
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let accepting = Box::pin(accept_exchange(request, gateway.clone(), id));
     async move {
-        match accepting.await {
-            Ok(exchange) => {
-                let (response, end) = Box::pin(exchange.respond(&gateway)).await;
-                gateway.metrics.poll_answered(end);
-                response
-            }
+        // Matched before the next await, so that no part of the accepted request (nor the
+        // `Exchange`, now owned by the answering future) stays in this future's state.
+        let answering = match accepting.await {
+            Ok(exchange) => Box::pin(exchange.respond(gateway)),
             Err(response) => {
                 gateway.metrics.poll_answered(PollEnd::Refused);
-                response
+                return Ok(response);
             }
-        }
+        };
+        Ok(answering.await)
     }
 }
 
@@ -686,14 +689,32 @@ where
 }
 
 impl Exchange {
+    /// Answers (see [`Exchange::answer`]) and counts how the poll ended. Cancel safety: as
+    /// for `answer`.
+    async fn respond(self, gateway: Arc<Gateway>) -> Response<Body> {
+        // `answer` borrows: a future that took `self` by value would keep a second copy of it.
+        let (response, end) = self.answer(&gateway).await;
+        gateway.metrics.poll_answered(end);
+        response
+    }
+
     /// Answers with what is pending, or parks until there is something, the wait ends, a
     /// newer poll supersedes this one, or the server shuts down.
-    async fn respond(self, gateway: &Gateway) -> (Response<Body>, PollEnd) {
+    ///
+    /// The timer and the shutdown watch are created once and pinned in place, and only
+    /// borrowed by each round of waiting: `select!` keeps what it is given by value in its
+    /// own state, so handing it fresh futures would hold each of them twice while parked.
+    ///
+    /// Cancel safety: dropping it deregisters the parked poll and its timer; what is queued
+    /// stays in the outbox for the next poll.
+    async fn answer(&self, gateway: &Gateway) -> (Response<Body>, PollEnd) {
         let limits = &gateway.config.devices;
         let (device, signer) = (&self.device, &self.signer);
         let empty = |end| (signer.answer(StatusCode::OK, &json!({})), end);
-        let deadline = tokio::time::Instant::now() + self.wait;
+        let timeout = tokio::time::sleep(self.wait);
         let mut shutdown = gateway.shutdown_handle();
+        let stopping = shutdown.wait();
+        tokio::pin!(timeout, stopping);
         let mut woken = false;
         loop {
             if device.is_removed() {
@@ -733,8 +754,8 @@ impl Exchange {
                     }
                     Wake::Superseded => return empty(PollEnd::Superseded),
                 },
-                _ = tokio::time::sleep_until(deadline) => return empty(PollEnd::Timeout),
-                _ = shutdown.wait() => return empty(PollEnd::Shutdown),
+                _ = &mut timeout => return empty(PollEnd::Timeout),
+                _ = &mut stopping => return empty(PollEnd::Shutdown),
             }
         }
     }
