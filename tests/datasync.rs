@@ -4,14 +4,13 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::{self, HeaderName};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use support::{TestServer, assert_error, register};
+use support::{LogSink, TestServer, assert_error, contains, crash_image, encodings, register};
 use wheresmyfox::client::{HttpClient, OwnerClient};
 use wheresmyfox::clock::now_ms;
 use wheresmyfox::datasync::client::{Change, SyncClient, SyncError};
@@ -909,32 +908,9 @@ async fn past_the_quota_writes_get_507_and_deletes_still_work() {
 
 // === 10: client-side encryption ===
 
-/// Collects everything the server logs during the tests of this binary.
-#[derive(Clone, Default)]
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 #[tokio::test]
 async fn no_plaintext_or_key_reaches_the_journal_snapshots_or_logs() {
-    let sink = LogSink::default();
-    let writer = sink.clone();
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .try_init();
+    let sink = LogSink::install();
     let server = TestServer::start().await;
     let owner = server.owner("secret").await;
     let secret = "a passphrase that stays on this phone";
@@ -981,23 +957,6 @@ async fn no_plaintext_or_key_reaches_the_journal_snapshots_or_logs() {
         Err(SyncError::Crypto(_))
     ));
 
-    use base64::Engine;
-    let encodings = |bytes: &[u8]| {
-        vec![
-            bytes.to_vec(),
-            base64::engine::general_purpose::STANDARD
-                .encode(bytes)
-                .into_bytes(),
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(bytes)
-                .into_bytes(),
-            bytes
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-                .into_bytes(),
-        ]
-    };
     let mut secrets: Vec<Vec<u8>> = Vec::new();
     for plaintext in plaintexts {
         secrets.push(plaintext.to_vec());
@@ -1020,7 +979,7 @@ async fn no_plaintext_or_key_reaches_the_journal_snapshots_or_logs() {
     let sealed: Value = serde_json::from_str(payload).unwrap();
     let ciphertext = sealed["ct"].as_str().unwrap().as_bytes();
     assert!(files.iter().any(|(_, bytes)| contains(bytes, ciphertext)));
-    files.push(("log".into(), sink.0.lock().unwrap().clone()));
+    files.push(("log".into(), sink.bytes()));
     for (name, bytes) in &files {
         for secret in &secrets {
             assert!(
@@ -1033,19 +992,6 @@ async fn no_plaintext_or_key_reaches_the_journal_snapshots_or_logs() {
 }
 
 // === 11: durability ===
-
-/// A copy of the data files as they are now: what a machine that lost power would restart from.
-fn crash_copy(dir: &std::path::Path) -> tempfile::TempDir {
-    let copy = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if path.is_file() && (name.starts_with("journal-") || name.starts_with("snapshot-")) {
-            std::fs::copy(&path, copy.path().join(name)).unwrap();
-        }
-    }
-    copy
-}
 
 #[tokio::test]
 async fn sync_data_survives_a_crash_and_a_clean_restart() {
@@ -1077,7 +1023,7 @@ async fn sync_data_survives_a_crash_and_a_clean_restart() {
     assert_eq!(before.1["records"], 3, "{:?}", before);
 
     // A crash: restart from the files as they are, without the final snapshot.
-    let copy = crash_copy(server.dir.path());
+    let copy = crash_image(server.dir.path());
     let userid = owner.userid.clone();
     drop(server);
     let server = TestServer::start_in(copy, |_| {}).await;
@@ -1329,7 +1275,7 @@ async fn snapshots_taken_while_devices_write_lose_nothing() {
     // Every write took its own revision, 1 to 120, none shared between two requests.
     assert_eq!(revisions, (1..=120).collect::<Vec<u64>>());
     let before = snapshot_of(as_owner(&server, &owner)).await;
-    let copy = crash_copy(server.dir.path());
+    let copy = crash_image(server.dir.path());
     drop(server);
     let server = TestServer::start_in(copy, |_| {}).await;
     let owner =

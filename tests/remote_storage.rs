@@ -8,19 +8,19 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::header::HeaderName;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use support::webdav::{Dav, PASSWORD, USER, dav_or_skip};
-use support::{TestServer, assert_error, register};
+use support::{
+    LogSink, TestServer, assert_error, contains, crash_image, encodings, files_under, register,
+};
 use wheresmyfox::client::OwnerClient;
 use wheresmyfox::config::Config;
 use wheresmyfox::datasync::client::{BlobRef, Change, SyncClient, SyncReply};
@@ -97,76 +97,12 @@ async fn put_chunk(
         .unwrap()
 }
 
-/// Every form a secret could be written in: raw, base64, base64url, hex.
-fn encodings(bytes: &[u8]) -> Vec<Vec<u8>> {
-    vec![
-        bytes.to_vec(),
-        STANDARD.encode(bytes).into_bytes(),
-        URL_SAFE_NO_PAD.encode(bytes).into_bytes(),
-        bytes
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-            .into_bytes(),
-    ]
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let (path, kind) = (entry.path(), entry.file_type().unwrap());
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file() {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
-
-/// A copy of a running server's data directory: what a crash would leave on disk.
-fn crash_image(dir: &Path) -> tempfile::TempDir {
-    let image = tempfile::tempdir().unwrap();
-    for file in files_under(dir) {
-        let to = image.path().join(file.strip_prefix(dir).unwrap());
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(&file, &to).unwrap();
-    }
-    image
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Collects what the server logs during the tests of this binary.
-#[derive(Clone, Default)]
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn two_devices_sync_through_a_linked_webdav_and_the_disk_keeps_only_sealed_credentials() {
     let Some(dav) = dav_or_skip("two_devices_sync_through_a_linked_webdav") else {
         return;
     };
-    let sink = LogSink::default();
-    let writer = sink.clone();
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .try_init();
+    let sink = LogSink::install();
     let server = TestServer::start_with(allow_loopback_storage).await;
     let mut owner = server.owner("linker").await;
     let (phone_id, phone_secret) = register(&mut owner, "phone").await;
@@ -263,7 +199,7 @@ async fn two_devices_sync_through_a_linked_webdav_and_the_disk_keeps_only_sealed
     // The server's disk holds neither the app password nor the key, in any form.
     let dir = server.stop_keeping_data().await;
     let key_bytes = URL_SAFE_NO_PAD.decode(key.encode().as_bytes()).unwrap();
-    let logged = sink.0.lock().unwrap().clone();
+    let logged = sink.bytes();
     for file in files_under(dir.path()) {
         let bytes = std::fs::read(&file).unwrap();
         for secret in [PASSWORD.as_bytes(), &key_bytes[..]] {

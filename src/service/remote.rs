@@ -195,67 +195,60 @@ pub(super) async fn write(
 ) -> Result<u64, Refused> {
     let limits = &gateway.config.sync;
     let linked = open_link(gateway, user, sync, headers)?;
-    let Some(linked) = linked.as_ref() else {
-        let (rev, commit, _) = sync.write_placed(
-            user,
-            write,
-            condition,
-            target,
-            limits,
-            &gateway.journal,
-            None,
-        )?;
-        commit.wait().await?;
-        sync.publish(rev);
-        return Ok(rev);
-    };
-    sync.precheck(&write, condition, target, limits)?;
-    let collection = write.collection.clone();
-    let uploads: Vec<(String, Bytes)> = write
-        .puts
-        .iter_mut()
-        .map(|put| {
-            let bytes = Bytes::from(std::mem::take(&mut put.payload));
-            let stored = RemoteRef::of(&bytes);
-            let key = record_key(&collection, &put.id, &stored);
-            put.remote = Some(stored);
-            (key, bytes)
-        })
-        .collect();
-    let keys: Vec<String> = uploads.iter().map(|(key, _)| key.clone()).collect();
-    let store = linked.store.clone();
-    let results = bounded(
-        uploads,
-        gateway.config.remote_storage.fetch_concurrency,
-        |(key, bytes)| {
-            let store = store.clone();
-            async move { store.put(&key, bytes).await }
-        },
-    )
-    .await;
-    let failed = results.into_iter().find_map(Result::err);
-    let written = match failed {
-        Some(error) => Err(Refused::Api(error.into())),
-        None => sync.write_placed(
-            user,
-            write,
-            condition,
-            target,
-            limits,
-            &gateway.journal,
-            Some(&linked.link.id),
-        ),
-    };
-    match written {
+    let mut uploaded = Vec::new();
+    if let Some(linked) = &linked {
+        sync.precheck(&write, condition, target, limits)?;
+        let collection = write.collection.clone();
+        let uploads: Vec<(String, Bytes)> = write
+            .puts
+            .iter_mut()
+            .map(|put| {
+                let bytes = Bytes::from(std::mem::take(&mut put.payload));
+                let stored = RemoteRef::of(&bytes);
+                let key = record_key(&collection, &put.id, &stored);
+                put.remote = Some(stored);
+                (key, bytes)
+            })
+            .collect();
+        uploaded = uploads.iter().map(|(key, _)| key.clone()).collect();
+        let store = linked.store.clone();
+        let results = bounded(
+            uploads,
+            gateway.config.remote_storage.fetch_concurrency,
+            |(key, bytes)| {
+                let store = store.clone();
+                async move { store.put(&key, bytes).await }
+            },
+        )
+        .await;
+        if let Some(error) = results.into_iter().find_map(Result::err) {
+            remove_garbage(linked.store.clone(), sync.clone(), uploaded);
+            return Err(Refused::Api(error.into()));
+        }
+    }
+    let link = linked.as_ref().map(|l| l.link.id.as_str());
+    match sync.write_placed(
+        user,
+        write,
+        condition,
+        target,
+        limits,
+        &gateway.journal,
+        link,
+    ) {
         Ok((rev, commit, garbage)) => {
             commit.wait().await?;
             sync.publish(rev);
-            remove_garbage(linked.store.clone(), sync.clone(), garbage);
+            if let Some(linked) = &linked {
+                remove_garbage(linked.store.clone(), sync.clone(), garbage);
+            }
             Ok(rev)
         }
         Err(refused) => {
             // Uploaded for nothing, under names nothing will ever refer to.
-            remove_garbage(linked.store.clone(), sync.clone(), keys);
+            if let Some(linked) = &linked {
+                remove_garbage(linked.store.clone(), sync.clone(), uploaded);
+            }
             Err(refused)
         }
     }

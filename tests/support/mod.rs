@@ -232,3 +232,83 @@ pub async fn device_view(owner: &mut OwnerClient, id: &str) -> Value {
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }
+
+/// Collects what the server logs, for tests that check nothing secret is logged.
+#[derive(Clone, Default)]
+pub struct LogSink(pub Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogSink {
+    /// A sink that every test of this binary logs into, at every level (installed once).
+    pub fn install() -> LogSink {
+        let sink = LogSink::default();
+        let writer = sink.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .try_init();
+        sink
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every form a secret could be written in: raw, base64, base64url and hex.
+pub fn encodings(bytes: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    vec![
+        bytes.to_vec(),
+        STANDARD.encode(bytes).into_bytes(),
+        URL_SAFE_NO_PAD.encode(bytes).into_bytes(),
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            .into_bytes(),
+    ]
+}
+
+/// Every regular file under `dir` (sockets and the like left out).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let (path, kind) = (entry.path(), entry.file_type().unwrap());
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// A copy of a running server's data files as they are now: what a machine that lost power
+/// would restart from (no final snapshot).
+pub fn crash_image(dir: &std::path::Path) -> tempfile::TempDir {
+    let image = tempfile::tempdir().unwrap();
+    for file in files_under(dir) {
+        let to = image.path().join(file.strip_prefix(dir).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &to).unwrap();
+    }
+    image
+}
