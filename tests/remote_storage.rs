@@ -74,6 +74,18 @@ async fn link(client: &mut SyncClient, dav: &Dav, key: &StorageKey, password: &s
     .await
 }
 
+/// A server, an owner who linked `dav` with a fresh storage key, and their client sending it.
+async fn linked_owner(dav: &Dav, name: &str) -> (TestServer, OwnerClient, SyncClient, StorageKey) {
+    let server = TestServer::start_with(allow_loopback_storage).await;
+    let owner = server.owner(name).await;
+    let mut client = SyncClient::owner(server.http(), &owner.token, root(&owner));
+    let key = StorageKey::random();
+    let linked = link(&mut client, dav, &key, PASSWORD).await;
+    assert_eq!(linked.status, StatusCode::OK, "{}", linked.body);
+    client.use_storage_key(Some(&key));
+    (server, owner, client, key)
+}
+
 /// Waits (at most two seconds) until `check` holds: removals from the storage run after the
 /// answer.
 async fn eventually(mut check: impl FnMut() -> bool) -> bool {
@@ -246,15 +258,7 @@ async fn blob_uploads_resume_and_are_checked_chunk_by_chunk() {
     let Some(dav) = dav_or_skip("blob_uploads_resume_and_are_checked_chunk_by_chunk") else {
         return;
     };
-    let server = TestServer::start_with(allow_loopback_storage).await;
-    let owner = server.owner("blobs").await;
-    let mut client = SyncClient::owner(server.http(), &owner.token, root(&owner));
-    let key = StorageKey::random();
-    assert_eq!(
-        link(&mut client, &dav, &key, PASSWORD).await.status,
-        StatusCode::OK
-    );
-    client.use_storage_key(Some(&key));
+    let (server, _owner, mut client, _) = linked_owner(&dav, "blobs").await;
 
     let chunk = 64 * 1024;
     let created = call(
@@ -383,15 +387,7 @@ async fn the_storage_going_down_mid_sync_changes_nothing_and_a_retry_goes_throug
     let Some(mut dav) = dav_or_skip("the_storage_going_down_mid_sync") else {
         return;
     };
-    let server = TestServer::start_with(allow_loopback_storage).await;
-    let owner = server.owner("outage").await;
-    let mut client = SyncClient::owner(server.http(), &owner.token, root(&owner));
-    let key = StorageKey::random();
-    assert_eq!(
-        link(&mut client, &dav, &key, PASSWORD).await.status,
-        StatusCode::OK
-    );
-    client.use_storage_key(Some(&key));
+    let (server, _owner, mut client, key) = linked_owner(&dav, "outage").await;
     let first = client.put("notes", "n1", b"first", None).await.unwrap();
 
     dav.stop();
@@ -481,15 +477,7 @@ async fn rekeying_and_unlinking_move_or_leave_the_data_as_the_owner_chooses() {
     let Some(dav) = dav_or_skip("rekeying_and_unlinking") else {
         return;
     };
-    let server = TestServer::start_with(allow_loopback_storage).await;
-    let owner = server.owner("rekey").await;
-    let mut client = SyncClient::owner(server.http(), &owner.token, root(&owner));
-    let old = StorageKey::random();
-    assert_eq!(
-        link(&mut client, &dav, &old, PASSWORD).await.status,
-        StatusCode::OK
-    );
-    client.use_storage_key(Some(&old));
+    let (server, _owner, mut client, _) = linked_owner(&dav, "rekey").await;
     client.put("notes", "n1", b"kept", None).await.unwrap();
 
     // Re-key: the old key opens nothing any more, the new one does.
