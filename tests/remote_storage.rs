@@ -86,10 +86,10 @@ async fn linked_owner(dav: &Dav, name: &str) -> (TestServer, OwnerClient, SyncCl
     (server, owner, client, key)
 }
 
-/// Waits (at most two seconds) until `check` holds: removals from the storage run after the
+/// Waits (at most ten seconds: a loaded CI machine) until `check` holds: removals from the storage run after the
 /// answer.
 async fn eventually(mut check: impl FnMut() -> bool) -> bool {
-    for _ in 0..40 {
+    for _ in 0..200 {
         if check() {
             return true;
         }
