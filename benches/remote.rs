@@ -10,9 +10,11 @@
 //! Needs `pip install wsgidav cheroot`; without it the benchmark says SKIP. docs/PERFORMANCE.md
 //! records the numbers.
 
-#[path = "../tests/support/webdav.rs"]
-#[allow(dead_code)]
-mod webdav;
+// The tests' harness: the gateway on a loopback port, and the WebDAV server.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::{TestServer, webdav};
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +25,6 @@ use serde_json::{Value, json};
 
 use wheresmyfox::client::{HttpClient, OwnerClient};
 use wheresmyfox::remote::link::{KEY_HEADER, StorageKey};
-use wheresmyfox::{Config, Gateway, server};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -168,20 +169,15 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::for_test(dir.path());
-        config.remote_storage.allow_http = true;
-        config.remote_storage.allowed_cidrs = vec!["127.0.0.0/8".into()];
-        let listener = server::bind(config.server.listen).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let gateway = Gateway::open(config).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(server::run(listener, gateway.clone(), async {
-            let _ = stopped.await;
-        }));
+        let server = TestServer::start_with(|config| {
+            config.remote_storage.allow_http = true;
+            config.remote_storage.allowed_cidrs = vec!["127.0.0.0/8".into()];
+        })
+        .await;
+        let addr = server.addr;
         println!(
             "# remote storage benchmark: fsync = {:?}, {seconds} s per measurement{}",
-            gateway.config.storage.fsync,
+            server.gateway.config.storage.fsync,
             if quick { " (quick)" } else { "" }
         );
         for linked in [false, true] {
@@ -209,7 +205,6 @@ fn main() {
             };
             run(&mut caller, label, seconds, blob_mib).await;
         }
-        let _ = stop.send(());
-        let _ = serving.await;
+        server.stop().await;
     });
 }

@@ -682,7 +682,10 @@ impl UserSync {
     /// Checks and applies a write at the user's next revision, journaling it under the same
     /// lock. `target` is the record id for a single-record write (its condition applies to
     /// the record), `None` for a collection write. Returns the new revision and the commit to
-    /// wait for before answering; then call [`UserSync::publish`].
+    /// wait for before answering; then call [`UserSync::publish`]. The server writes through
+    /// [`UserSync::write_placed`] (which also knows the user's linked storage); this is its
+    /// inline-only form, for the unit tests.
+    #[cfg(test)]
     pub fn write(
         &self,
         user: UserId,

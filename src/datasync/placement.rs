@@ -253,7 +253,7 @@ impl UserSync {
         Ok(commit)
     }
 
-    /// Checks a write as [`UserSync::write`] would, changing nothing: done before uploading
+    /// Checks a write as [`UserSync::write_placed`] would, changing nothing: done before uploading
     /// its payloads, so that a write bound to be refused costs no upload.
     pub fn precheck(
         &self,
@@ -265,9 +265,13 @@ impl UserSync {
         lock(&self.state).check(write, condition, target, limits, write.at_ms)
     }
 
-    /// [`UserSync::write`] for a write whose payloads were stored in link `link` (or are
-    /// inline, for `None`): refused if the user's link changed meanwhile. Also returns the
-    /// names of linked-storage payloads the write made unreachable, with any left by purges.
+    /// Checks and applies a write at the user's next revision, journaling it under the same
+    /// lock (`target`: the record id for a single-record write, whose condition applies to the
+    /// record; `None` for a collection write). Its payloads were stored in link `link`, or are
+    /// inline for `None`; refused if the user's link changed meanwhile. Returns the new
+    /// revision, the commit to wait for before answering (then call [`UserSync::publish`]),
+    /// and the names of linked-storage payloads the write made unreachable, with any left by
+    /// purges.
     #[allow(clippy::too_many_arguments)]
     pub fn write_placed(
         &self,
