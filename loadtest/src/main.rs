@@ -147,6 +147,9 @@ struct Shared {
     latency: Mutex<Histogram<u64>>,
     /// Owner request latency (from the due time to the 202), µs.
     owner_latency: Mutex<Histogram<u64>>,
+    /// From a command's due time to the tool starting its request, µs: the load generator's
+    /// own share of both latencies above (pacing, and waiting for a free owner connection).
+    send_lag: Mutex<Histogram<u64>>,
     /// (seconds since start, parked as the server reports it).
     parked_series: Mutex<Vec<(f64, u64)>>,
 }
@@ -232,6 +235,7 @@ async fn main() -> anyhow::Result<()> {
         errors: Mutex::new(BTreeMap::new()),
         latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         owner_latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        send_lag: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         parked_series: Mutex::new(Vec::new()),
     });
     let rss_before = args.server_pid.and_then(rss_bytes);
@@ -607,12 +611,10 @@ async fn send_commands(args: &Args, shared: &Arc<Shared>, ids: Arc<Vec<String>>)
     let permits = Arc::new(Semaphore::new(args.owner_connections.max(1)));
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let total = (args.rate * args.duration as f64).round() as u64;
-    let start = Instant::now();
+    let mut due_times = pace(Instant::now(), interval, total);
     let mut tasks = Vec::new();
     let devices = shared.busy.len();
-    for n in 0..total {
-        let due = start + interval.mul_f64(n as f64);
-        tokio::time::sleep_until(due.into()).await;
+    while let Some((n, due)) = due_times.recv().await {
         let due_micros = due.duration_since(shared.started).as_micros() as u64;
         // An idle device: a second command to a busy one would replace the first.
         let device = (0..32)
@@ -639,6 +641,8 @@ async fn send_commands(args: &Args, shared: &Arc<Shared>, ids: Arc<Vec<String>>)
                 .unwrap()
                 .pop()
                 .expect("one connection per permit");
+            let lag = shared.micros().saturating_sub(due_micros).max(1);
+            let _ = shared.send_lag.lock().unwrap().record(lag);
             let result = match target {
                 Target::Gateway => queue_command(&mut owner, &ids[id], marker).await,
                 Target::Nchan => nchan::publish(&mut owner.http, &ids[id], marker).await,
@@ -661,6 +665,33 @@ async fn send_commands(args: &Args, shared: &Arc<Shared>, ids: Arc<Vec<String>>)
     for task in tasks {
         let _ = task.await;
     }
+}
+
+/// Hands out the commands' numbers at their due times, from a thread of its own. tokio's
+/// timers fire on a 1 ms wheel and round up, so a command due at 3.2 ms would leave at 4 ms
+/// and its latency would carry up to a millisecond of the tool's own lateness;
+/// `thread::sleep` wakes within tens of microseconds of its deadline.
+fn pace(
+    start: Instant,
+    interval: Duration,
+    total: u64,
+) -> tokio::sync::mpsc::UnboundedReceiver<(u64, Instant)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("pacer".into())
+        .spawn(move || {
+            for n in 0..total {
+                let due = start + interval.mul_f64(n as f64);
+                if let Some(early) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(early);
+                }
+                if tx.send((n, due)).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawning the pacer thread");
+    rx
 }
 
 /// Queues a marked message command as an owner; `Ok` on 202, else the kind of error.

@@ -45,6 +45,9 @@ pub struct Result {
     pub polls_per_sec: f64,
     pub command_to_device: Latency,
     pub owner_request: Latency,
+    /// From a command's due time to the tool starting its request: the load generator's own
+    /// share of the two latencies above.
+    pub send_lag: Latency,
     pub errors: BTreeMap<String, u64>,
     pub server_rss_before_bytes: Option<u64>,
     pub server_rss_parked_bytes: Option<u64>,
@@ -119,6 +122,7 @@ impl Result {
                 / shared.started.elapsed().as_secs_f64(),
             command_to_device: latency(&shared.latency.lock().unwrap()),
             owner_request: latency(&shared.owner_latency.lock().unwrap()),
+            send_lag: latency(&shared.send_lag.lock().unwrap()),
             errors: shared.errors.lock().unwrap().clone(),
             server_rss_before_bytes: rss.before,
             server_rss_parked_bytes: rss.parked,
@@ -137,6 +141,7 @@ impl Result {
     pub fn summary_markdown(&self) -> String {
         let l = &self.command_to_device;
         let o = &self.owner_request;
+        let lag = &self.send_lag;
         let mut text = format!(
             "# Load test of {}: {:?}, {} devices, {} commands/s for {:.0} s\n\n\
              | figure | value |\n|---|---:|\n\
@@ -160,7 +165,8 @@ impl Result {
              | sustained commands/s | {:.0} |\n\
              | poll cycles/s | {:.0} |\n\
              | command to device p50 / p90 / p99 / p99.9 / max | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} ms |\n\
-             | owner request p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |\n",
+             | owner request p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |\n\
+             | the tool's own send lag (due time to request start) p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |\n",
             self.sent,
             self.received,
             self.acknowledged,
@@ -175,7 +181,10 @@ impl Result {
             l.max_ms,
             o.p50_ms,
             o.p99_ms,
-            o.max_ms
+            o.max_ms,
+            lag.p50_ms,
+            lag.p99_ms,
+            lag.max_ms
         );
         if let (Some(before), Some(after), Some(per)) = (
             self.server_rss_before_bytes,
