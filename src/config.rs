@@ -113,6 +113,8 @@ pub struct StorageConfig {
     pub snapshot_interval_secs: u64,
     /// Journal size that triggers a snapshot early, in bytes.
     pub snapshot_journal_bytes: u64,
+    /// The most zeroed space kept ahead of the journal's records, in bytes (0: none).
+    pub journal_runway_bytes: u64,
     /// Key material (32+ characters) to seal device secrets at rest; the environment variable
     /// `WHERESMYFOX_SEAL_KEY` overrides it.
     pub seal_key: Option<String>,
@@ -416,6 +418,7 @@ impl Default for StorageConfig {
             positions_fsync: FsyncPolicy::Interval,
             snapshot_interval_secs: 300,
             snapshot_journal_bytes: 64 * 1024 * 1024,
+            journal_runway_bytes: 4 * 1024 * 1024,
             seal_key: None,
         }
     }

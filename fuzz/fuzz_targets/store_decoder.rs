@@ -40,6 +40,11 @@ fuzz_target!(|data: &[u8]| {
     );
     match decoded {
         Ok(Ending::Clean) => {}
+        Ok(Ending::Unused { offset }) => {
+            assert!(offset >= base && offset < file.len());
+            assert!(file[offset..].iter().all(|&b| b == 0));
+            assert!(offsets.last().is_none_or(|&last| last < offset));
+        }
         Ok(Ending::Torn { offset } | Ending::Corrupt { offset }) => {
             assert!(offset >= base && offset < file.len());
             assert!(offsets.last().is_none_or(|&last| last < offset));

@@ -7,8 +7,10 @@
 //! frame:  payload length (u32 LE) | CRC-32 of the payload (u32 LE) | payload (JSON)
 //! ```
 //!
-//! Reading tells three endings apart:
+//! Reading tells four endings apart:
 //! - `Clean`: the last frame ends exactly at the end of the file;
+//! - `Unused`: the last frame is followed by zeros only: space a journal prepared ahead of its
+//!   writer (see `journal`). No frame is empty, so a zero length marks where the frames end;
 //! - `Torn`: the file ends inside the last frame, or the last frame's checksum fails and nothing
 //!   follows it: a write cut short by a crash. Everything before it is good;
 //! - `Corrupt`: a frame fails its checksum (or declares an impossible length) and more data
@@ -39,6 +41,10 @@ pub struct Header {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
     Clean,
+    /// The frames end at this offset, and only zeros follow.
+    Unused {
+        offset: usize,
+    },
     /// A torn last frame starts at this offset; the file should be cut there.
     Torn {
         offset: usize,
@@ -108,11 +114,19 @@ pub fn read_frames<'a>(
     let mut at = 0;
     while at < body.len() {
         let rest = &body[at..];
+        // Checked only where a frame would start with a zero length, so reading stays linear.
+        if rest[..rest.len().min(4)].iter().all(|&b| b == 0) && rest.iter().all(|&b| b == 0) {
+            return Ending::Unused { offset: base + at };
+        }
         if rest.len() < FRAME_OVERHEAD {
             return Ending::Torn { offset: base + at };
         }
         let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        if len == 0 {
+            // Never written: a zero-length frame with data after it is damage.
+            return Ending::Corrupt { offset: base + at };
+        }
         if len > MAX_PAYLOAD {
             // An impossible length: a torn write can leave zeros, never this, unless it is last.
             return if looks_like_tail(rest) {
@@ -127,7 +141,8 @@ pub fn read_frames<'a>(
         }
         let payload = &rest[FRAME_OVERHEAD..end];
         if crc32fast::hash(payload) != crc {
-            return if rest.len() == end {
+            // A write cut short inside prepared space leaves zeros after the frame, not an end.
+            return if rest[end..].iter().all(|&b| b == 0) {
                 Ending::Torn { offset: base + at }
             } else {
                 Ending::Corrupt { offset: base + at }
@@ -140,7 +155,8 @@ pub fn read_frames<'a>(
 }
 
 /// A damaged length with nothing but zeros after it is what a crash mid-append leaves behind
-/// on file systems that extend the file before the data lands.
+/// on file systems that extend the file before the data lands, and what a crash mid-write
+/// leaves in a journal's prepared space.
 fn looks_like_tail(rest: &[u8]) -> bool {
     rest[FRAME_OVERHEAD.min(rest.len())..]
         .iter()
@@ -167,9 +183,9 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let body = frames(&[b"one", b"", b"three"]);
+        let body = frames(&[b"one", b"2", b"three"]);
         let (got, ending) = collect(&body);
-        assert_eq!(got, vec![b"one".to_vec(), vec![], b"three".to_vec()]);
+        assert_eq!(got, vec![b"one".to_vec(), b"2".to_vec(), b"three".to_vec()]);
         assert_eq!(ending, Ending::Clean);
         let header = encode_header(JOURNAL_MAGIC, 7);
         assert_eq!(decode_header(&header, JOURNAL_MAGIC).unwrap().generation, 7);
@@ -203,6 +219,39 @@ mod tests {
         let last = body.len() - 1;
         body[last] ^= 0xff;
         assert_eq!(collect(&body).1, Ending::Torn { offset: second });
+    }
+
+    #[test]
+    fn zeros_after_the_frames_are_unused_space_and_a_write_cut_short_in_them_is_torn() {
+        let mut body = frames(&[b"first", b"second"]);
+        let end = body.len();
+        body.resize(end + 4096, 0);
+        let (got, ending) = collect(&body);
+        assert_eq!(got.len(), 2);
+        assert_eq!(ending, Ending::Unused { offset: end });
+        // Fewer zeros than a frame header are unused space too.
+        let mut short = frames(&[b"first"]);
+        short.extend_from_slice(&[0, 0, 0]);
+        assert_eq!(collect(&short).1, Ending::Unused { offset: 13 });
+
+        // A frame whose payload only partly reached the disk, zeros after it.
+        let mut torn = frames(&[b"first", b"second record"]);
+        let second = FRAME_OVERHEAD + 5;
+        for byte in &mut torn[second + FRAME_OVERHEAD + 4..] {
+            *byte = 0;
+        }
+        torn.resize(torn.len() + 4096, 0);
+        let (got, ending) = collect(&torn);
+        assert_eq!(got.len(), 1);
+        assert_eq!(ending, Ending::Torn { offset: second });
+
+        // Zeros with a record after them are damage, never an end.
+        let mut hole = frames(&[b"first"]);
+        hole.resize(hole.len() + 64, 0);
+        hole.extend(frames(&[b"after the hole"]));
+        let (got, ending) = collect(&hole);
+        assert_eq!(got.len(), 1);
+        assert_eq!(ending, Ending::Corrupt { offset: 13 });
     }
 
     #[test]

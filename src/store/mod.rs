@@ -90,6 +90,9 @@ pub struct Recovered {
     /// Bytes cut from a torn last record, if any.
     pub torn_bytes: u64,
     pub generation: u64,
+    /// Where the records of the last journal end: the file may go on with zeros prepared
+    /// ahead of the writer.
+    pub journal_end: u64,
 }
 
 /// The open data directory: its lock and the current journal generation.
@@ -246,10 +249,9 @@ pub fn recover(
     let (file, path, len) = match last.last().filter(|g| **g >= recovered.generation) {
         Some(&generation) => {
             let path = journal_path(&dir.path, generation);
-            let file = open_private(&path, false).map_err(io(&path))?;
-            let len = file.metadata().map_err(io(&path))?.len();
+            let file = journal::open_file(&path, false).map_err(io(&path))?;
             recovered.generation = generation;
-            (file, path, len)
+            (file, path, recovered.journal_end)
         }
         None => {
             let generation = recovered.generation.max(1);
@@ -346,8 +348,9 @@ fn recover_state(
         }
         let ending = decoded
             .map_err(|e| damaged(e.offset, format!("a record does not decode: {}", e.reason)))?;
-        match ending {
-            frame::Ending::Clean => {}
+        recovered.journal_end = match ending {
+            frame::Ending::Clean => bytes.len() as u64,
+            frame::Ending::Unused { offset } => offset as u64,
             frame::Ending::Torn { offset } if is_last => {
                 let cut = bytes.len() - offset;
                 warn!(journal = %path.display(), offset, bytes = cut, "cut a torn record at the end of the journal (a write interrupted by a crash; it was never acknowledged)");
@@ -355,6 +358,7 @@ fn recover_state(
                 if repair_torn {
                     cut_at(&path, offset)?;
                 }
+                offset as u64
             }
             frame::Ending::Torn { offset } => {
                 return Err(damaged(
@@ -365,7 +369,7 @@ fn recover_state(
             frame::Ending::Corrupt { offset } => {
                 return Err(damaged(offset, "a record fails its checksum".into()));
             }
-        }
+        };
         recovered.journals.push(path);
         recovered.generation = recovered.generation.max(generation);
     }
