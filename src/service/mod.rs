@@ -674,7 +674,7 @@ where
     } = verified;
     let report = DeviceReport::from_slice(&body).map_err(|e| signer.fail(&ApiError::from(e)))?;
     let query = parts.uri.query().unwrap_or("");
-    let wait = wait_param(query, config.poll.wait_secs).map_err(|e| signer.fail(&e))?;
+    let wait = spread(wait_param(query, config.poll.wait_secs).map_err(|e| signer.fail(&e))?);
     device
         .apply_report(&report, &config.devices, gateway.storage())
         .wait()
@@ -761,6 +761,19 @@ impl Exchange {
     }
 }
 
+/// How long a device's poll is held: its `wait`, less up to an eighth of it at random.
+/// Devices that parked together (after a restart, or when a network came back) would
+/// otherwise all time out together and come back in one wave every `wait` seconds for as long
+/// as nothing else happens to them; with a random part in each round, the waves spread out.
+fn spread(wait: Duration) -> Duration {
+    use rand::Rng;
+    let eighth = wait / 8;
+    if eighth.is_zero() {
+        return wait;
+    }
+    wait - eighth.mul_f64(rand::thread_rng().r#gen::<f64>())
+}
+
 fn wait_param(query: &str, max_secs: u64) -> Result<Duration, ApiError> {
     match query_param(query, "wait") {
         None => Ok(Duration::from_secs(max_secs)),
@@ -831,6 +844,17 @@ async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_poll_is_held_for_the_last_eighth_of_its_wait_at_random() {
+        let wait = Duration::from_secs(48);
+        let held: Vec<Duration> = (0..1000).map(|_| spread(wait)).collect();
+        assert!(held.iter().all(|h| *h <= wait && *h >= wait - wait / 8));
+        // Spread over the whole eighth (6 s), not bunched: each second of it is used.
+        let seconds: std::collections::BTreeSet<u64> = held.iter().map(|h| h.as_secs()).collect();
+        assert_eq!(seconds, (42..=47).collect());
+        assert_eq!(spread(Duration::ZERO), Duration::ZERO);
+    }
 
     #[test]
     fn routes() {
