@@ -150,6 +150,9 @@ struct Shared {
     /// From a command's due time to the tool starting its request, µs: the load generator's
     /// own share of both latencies above (pacing, and waiting for a free owner connection).
     send_lag: Mutex<Histogram<u64>>,
+    /// How late a 1 ms sleep wakes, sampled all through the load, µs: what the machine itself
+    /// (the scheduler, other processes, the hypervisor) adds to any latency measured here.
+    oversleep: Mutex<Histogram<u64>>,
     /// (seconds since start, parked as the server reports it).
     parked_series: Mutex<Vec<(f64, u64)>>,
 }
@@ -236,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
         latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         owner_latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         send_lag: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        oversleep: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         parked_series: Mutex::new(Vec::new()),
     });
     let rss_before = args.server_pid.and_then(rss_bytes);
@@ -308,7 +312,11 @@ async fn main() -> anyhow::Result<()> {
     // Owners, open-loop.
     let ids: Arc<Vec<String>> = Arc::new(registered.iter().map(|r| r.id.clone()).collect());
     let load_started = Instant::now();
+    let probing = Arc::new(AtomicBool::new(true));
+    let probe = probe_scheduler(shared.clone(), probing.clone());
     send_commands(&args, &shared, ids).await;
+    probing.store(false, Ordering::Relaxed);
+    let _ = probe.join();
     let load_secs = load_started.elapsed().as_secs_f64();
     // Give the last commands time to arrive and be acknowledged.
     let grace = Instant::now();
@@ -692,6 +700,24 @@ fn pace(
         })
         .expect("spawning the pacer thread");
     rx
+}
+
+/// Sleeps 1 ms at a time while `running`, recording how late each sleep ends. A quiet machine
+/// wakes within a few tens of microseconds; a virtual machine whose cores are shared can be
+/// milliseconds late, and then so is every server it runs, whatever its code does.
+fn probe_scheduler(shared: Arc<Shared>, running: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("probe".into())
+        .spawn(move || {
+            let tick = Duration::from_millis(1);
+            while running.load(Ordering::Relaxed) {
+                let before = Instant::now();
+                std::thread::sleep(tick);
+                let late = before.elapsed().saturating_sub(tick).as_micros() as u64;
+                let _ = shared.oversleep.lock().unwrap().record(late.max(1));
+            }
+        })
+        .expect("spawning the probe thread")
 }
 
 /// Queues a marked message command as an owner; `Ok` on 202, else the kind of error.

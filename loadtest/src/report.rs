@@ -48,6 +48,8 @@ pub struct Result {
     /// From a command's due time to the tool starting its request: the load generator's own
     /// share of the two latencies above.
     pub send_lag: Latency,
+    /// How late a 1 ms sleep woke during the load: the machine's own scheduling noise.
+    pub oversleep: Latency,
     pub errors: BTreeMap<String, u64>,
     pub server_rss_before_bytes: Option<u64>,
     pub server_rss_parked_bytes: Option<u64>,
@@ -123,6 +125,7 @@ impl Result {
             command_to_device: latency(&shared.latency.lock().unwrap()),
             owner_request: latency(&shared.owner_latency.lock().unwrap()),
             send_lag: latency(&shared.send_lag.lock().unwrap()),
+            oversleep: latency(&shared.oversleep.lock().unwrap()),
             errors: shared.errors.lock().unwrap().clone(),
             server_rss_before_bytes: rss.before,
             server_rss_parked_bytes: rss.parked,
@@ -142,6 +145,7 @@ impl Result {
         let l = &self.command_to_device;
         let o = &self.owner_request;
         let lag = &self.send_lag;
+        let noise = &self.oversleep;
         let mut text = format!(
             "# Load test of {}: {:?}, {} devices, {} commands/s for {:.0} s\n\n\
              | figure | value |\n|---|---:|\n\
@@ -166,7 +170,8 @@ impl Result {
              | poll cycles/s | {:.0} |\n\
              | command to device p50 / p90 / p99 / p99.9 / max | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} ms |\n\
              | owner request p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |\n\
-             | the tool's own send lag (due time to request start) p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |\n",
+             | the tool's own send lag (due time to request start) p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |\n\
+             | the machine's noise: lateness of a 1 ms sleep p50 / p99 / p99.9 / max | {:.2} / {:.2} / {:.2} / {:.2} ms |\n",
             self.sent,
             self.received,
             self.acknowledged,
@@ -184,7 +189,11 @@ impl Result {
             o.max_ms,
             lag.p50_ms,
             lag.p99_ms,
-            lag.max_ms
+            lag.max_ms,
+            noise.p50_ms,
+            noise.p99_ms,
+            noise.p999_ms,
+            noise.max_ms
         );
         if let (Some(before), Some(after), Some(per)) = (
             self.server_rss_before_bytes,
