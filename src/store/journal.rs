@@ -13,7 +13,7 @@
 //! refused with 503 (errno 160) rather than acknowledged and then lost. The operator restarts
 //! the server once the disk is fixed; recovery rebuilds what was durable.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -293,13 +293,7 @@ impl JournalStats {
 /// Opens (or creates) a journal file for reading and writing at chosen offsets, by its owner
 /// only. Not in append mode: on Linux that would send every positioned write to the end.
 pub fn open_file(path: &Path, create: bool) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = OpenOptions::new();
-    options.read(true).write(true).mode(0o600);
-    if create {
-        options.create_new(true);
-    }
-    options.open(path)
+    crate::store::open_owner_only(path, create, false)
 }
 
 /// Creates a journal file with its header, durably (file and directory).
@@ -702,17 +696,19 @@ mod tests {
         commit.wait().await.unwrap();
     }
 
+    /// A journal writing to a new file `journal-<generation>.wmfj` in `dir`.
+    fn new_journal(dir: &Path, generation: u64, config: &StorageConfig) -> (Journal, PathBuf) {
+        let path = dir.join(format!("journal-{generation:016}.wmfj"));
+        let file = create_file(&path, generation).unwrap();
+        let journal = Journal::start(file, path.clone(), frame::HEADER_LEN as u64, config);
+        (journal, path)
+    }
+
     #[tokio::test]
     async fn records_go_into_zeros_prepared_ahead_and_a_clean_close_cuts_what_is_left() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal-0000000000000001.wmfj");
         let config = StorageConfig::default();
-        let journal = Journal::start(
-            create_file(&path, 1).unwrap(),
-            path.clone(),
-            frame::HEADER_LEN as u64,
-            &config,
-        );
+        let (journal, path) = new_journal(dir.path(), 1, &config);
         append(&journal, 0..500).await;
         // The preparer keeps zeros ahead of the records (a step at least), in the background.
         let started = Instant::now();
@@ -752,14 +748,8 @@ mod tests {
     #[tokio::test]
     async fn rotation_cuts_the_old_file_and_no_runway_means_plain_appends() {
         let dir = tempfile::tempdir().unwrap();
-        let first = dir.path().join("journal-0000000000000001.wmfj");
+        let (journal, first) = new_journal(dir.path(), 1, &StorageConfig::default());
         let second = dir.path().join("journal-0000000000000002.wmfj");
-        let journal = Journal::start(
-            create_file(&first, 1).unwrap(),
-            first.clone(),
-            frame::HEADER_LEN as u64,
-            &StorageConfig::default(),
-        );
         append(&journal, 0..100).await;
         let end = journal.len();
         journal.rotate(second.clone(), 2).await.unwrap();
@@ -772,17 +762,11 @@ mod tests {
         journal.close().await;
         assert_eq!(read(&second).0, (100..110).map(record).collect::<Vec<_>>());
 
-        let third = dir.path().join("journal-0000000000000003.wmfj");
         let config = StorageConfig {
             journal_runway_bytes: 0,
             ..StorageConfig::default()
         };
-        let plain = Journal::start(
-            create_file(&third, 3).unwrap(),
-            third.clone(),
-            frame::HEADER_LEN as u64,
-            &config,
-        );
+        let (plain, third) = new_journal(dir.path(), 3, &config);
         append(&plain, 0..10).await;
         assert_eq!(std::fs::metadata(&third).unwrap().len(), plain.len());
         plain.close().await;

@@ -108,9 +108,15 @@ pub struct DataDir {
 
 /// Opens (creating if asked) a file readable by its owner only.
 pub fn open_private(path: &Path, create: bool) -> std::io::Result<File> {
+    open_owner_only(path, create, true)
+}
+
+/// Opens a file for reading and writing, by its owner only; `create` makes a new one (never
+/// an existing one), `append` sends every write to its end.
+pub(crate) fn open_owner_only(path: &Path, create: bool, append: bool) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut options = OpenOptions::new();
-    options.read(true).append(true).mode(0o600);
+    options.read(true).write(true).append(append).mode(0o600);
     if create {
         options.create_new(true);
     }
