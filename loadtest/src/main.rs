@@ -145,6 +145,9 @@ struct Shared {
     errors: Mutex<BTreeMap<String, u64>>,
     /// Command-to-device latency, µs.
     latency: Mutex<Histogram<u64>>,
+    /// The same by the second (since the start) each command was due in, to two significant
+    /// digits: when the slow ones happened.
+    latency_by_second: Mutex<BTreeMap<u64, Histogram<u64>>>,
     /// Owner request latency (from the due time to the 202), µs.
     owner_latency: Mutex<Histogram<u64>>,
     /// From a command's due time to the tool starting its request, µs: the load generator's
@@ -176,11 +179,13 @@ impl Shared {
         self.received.fetch_add(1, Ordering::Relaxed);
         if let Some((device, due)) = self.inflight.lock().unwrap().remove(&marker) {
             self.busy[device].store(false, Ordering::Relaxed);
-            let _ = self
-                .latency
-                .lock()
-                .unwrap()
-                .record(now.saturating_sub(due).max(1));
+            let took = now.saturating_sub(due).max(1);
+            let _ = self.latency.lock().unwrap().record(took);
+            let mut by_second = self.latency_by_second.lock().unwrap();
+            let second = by_second.entry(due / 1_000_000).or_insert_with(|| {
+                Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
+            });
+            let _ = second.record(took);
         }
     }
 }
@@ -237,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         repolled: AtomicU64::new(0),
         errors: Mutex::new(BTreeMap::new()),
         latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        latency_by_second: Mutex::new(BTreeMap::new()),
         owner_latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         send_lag: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         oversleep: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),

@@ -1,5 +1,6 @@
-//! Two small SVG charts, drawn by hand: the latency distribution (latency by percentile, on a
-//! log scale of "nines") and the server's parked count over time.
+//! Three small SVG charts, drawn by hand: the latency distribution (latency by percentile, on
+//! a log scale of "nines"), the slowest command of each second, and the server's parked count
+//! over time.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -10,7 +11,7 @@ const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 360.0;
 const MARGIN: f64 = 56.0;
 
-/// Writes `latency.svg` and `parked.svg` into `out`.
+/// Writes `latency.svg`, `latency-over-time.svg` and `parked.svg` into `out`.
 pub fn write(out: &Path, shared: &Shared) -> anyhow::Result<()> {
     let histogram = shared.latency.lock().unwrap().clone();
     let mut points = Vec::new();
@@ -37,6 +38,20 @@ pub fn write(out: &Path, shared: &Shared) -> anyhow::Result<()> {
             "ms",
             &points,
             &ticks,
+        ),
+    )?;
+    let slowest: Vec<(f64, f64)> = crate::report::by_second(shared)
+        .iter()
+        .map(|s| (s.at_secs as f64, s.max_ms))
+        .collect();
+    std::fs::write(
+        out.join("latency-over-time.svg"),
+        chart(
+            "Slowest command to device, second by second",
+            "seconds",
+            "ms",
+            &slowest,
+            &[],
         ),
     )?;
     let series: Vec<(f64, f64)> = shared

@@ -21,6 +21,17 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
+/// Command-to-device latency of the commands due in one second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondLatency {
+    /// Seconds since the tool started.
+    pub at_secs: u64,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Result {
     pub target: Target,
@@ -44,6 +55,8 @@ pub struct Result {
     pub commands_per_sec: f64,
     pub polls_per_sec: f64,
     pub command_to_device: Latency,
+    /// The same, second by second.
+    pub command_to_device_by_second: Vec<SecondLatency>,
     pub owner_request: Latency,
     /// From a command's due time to the tool starting its request: the load generator's own
     /// share of the two latencies above.
@@ -82,6 +95,24 @@ fn latency(histogram: &Histogram<u64>) -> Latency {
         p999_ms: ms(histogram.value_at_quantile(0.999)),
         max_ms: ms(histogram.max()),
     }
+}
+
+/// Every second's latency figures, in order.
+pub fn by_second(shared: &Shared) -> Vec<SecondLatency> {
+    let ms = |v: u64| v as f64 / 1000.0;
+    shared
+        .latency_by_second
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(at_secs, h)| SecondLatency {
+            at_secs: *at_secs,
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        })
+        .collect()
 }
 
 impl Result {
@@ -123,6 +154,7 @@ impl Result {
             polls_per_sec: shared.polls.load(Ordering::Relaxed) as f64
                 / shared.started.elapsed().as_secs_f64(),
             command_to_device: latency(&shared.latency.lock().unwrap()),
+            command_to_device_by_second: by_second(shared),
             owner_request: latency(&shared.owner_latency.lock().unwrap()),
             send_lag: latency(&shared.send_lag.lock().unwrap()),
             oversleep: latency(&shared.oversleep.lock().unwrap()),
