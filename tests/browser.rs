@@ -12,6 +12,7 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -26,9 +27,10 @@ use wheresmyfox::client::{HttpClient, OwnerClient};
 /// The W3C WebDriver key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// A chromedriver process, killed on drop.
+/// A chromedriver process and its browser session, both ended on drop.
 struct Driver {
     child: Child,
+    port: u16,
     http: HttpClient,
     session: String,
 }
@@ -45,8 +47,10 @@ impl Driver {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe");
             probe.local_addr().expect("probe address").port()
         };
+        // In a process group of its own, which the browser it starts joins: see `Drop`.
         let child = Command::new(driver)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -65,6 +69,7 @@ impl Driver {
         }
         let mut driver = Driver {
             child,
+            port,
             http,
             session: String::new(),
         };
@@ -187,9 +192,32 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // The browser exits with the driver.
+        // Killing chromedriver alone would leave its browser running, handed to init. Ending
+        // the session closes the browser; then whatever is left of the group goes too.
+        if !self.session.is_empty() {
+            delete_session(self.port, &self.session);
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// WebDriver's "Delete Session", over a plain blocking connection (it runs in `Drop`).
+fn delete_session(port: u16, session: &str) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!(
+        "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let _ = stream.read_to_end(&mut Vec::new());
     }
 }
 
