@@ -37,6 +37,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::clock::now_ms;
@@ -152,6 +153,14 @@ pub struct Flags {
     pub tracking_until_ms: Option<u64>,
 }
 
+/// `value` as its JSON text.
+fn raw_json(value: &Value) -> Box<RawValue> {
+    // Writing a `Value` out cannot fail: its maps have string keys.
+    serde_json::value::to_raw_value(value).unwrap_or_else(|_| {
+        RawValue::from_string("null".to_owned()).expect("null is JSON")
+    })
+}
+
 /// One entry of a device's event log, as the owner's events poll returns it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -172,7 +181,9 @@ pub enum EventKind {
     CommandQueued {
         command: Kind,
         seq: u64,
-        args: Value,
+        /// Kept as its JSON text: a map holding one argument takes a 640-byte block as a
+        /// `Value`, and a device keeps up to `devices.events_kept` events.
+        args: Box<RawValue>,
     },
     /// An unsent command replaced by a newer one of the same kind.
     CommandReplaced {
@@ -563,10 +574,15 @@ impl Device {
                     removed.extend_from_slice(&kept[..kept.len() - MAX_SUPERSEDED]);
                     superseded.retain(|seq| !removed.contains(seq));
                 }
+                let event = EventKind::CommandQueued {
+                    command: kind,
+                    seq,
+                    args: raw_json(&args),
+                };
                 let change = DeviceChange::Queued {
                     seq,
                     command: kind,
-                    args: args.clone(),
+                    args,
                     at_ms: now,
                     removed,
                     superseded,
@@ -575,14 +591,7 @@ impl Device {
                 for event in events {
                     s.push_event(event, limits.events_kept);
                 }
-                s.push_event(
-                    EventKind::CommandQueued {
-                        command: kind,
-                        seq,
-                        args,
-                    },
-                    limits.events_kept,
-                );
+                s.push_event(event, limits.events_kept);
                 queued.push(SentRef { command: kind, seq });
             }
             (queued, commit)

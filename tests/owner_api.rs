@@ -508,6 +508,7 @@ async fn the_events_poll_follows_a_command_from_queue_to_outcome() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(first["events"][0]["type"], "command_queued");
     assert_eq!(first["events"][0]["command"], "r");
+    assert_eq!(first["events"][0]["args"], json!({"p":3,"d":9}));
 
     device.exchange(&json!({}), Some(0)).await.unwrap();
     device
