@@ -156,9 +156,8 @@ pub struct Flags {
 /// `value` as its JSON text.
 fn raw_json(value: &Value) -> Box<RawValue> {
     // Writing a `Value` out cannot fail: its maps have string keys.
-    serde_json::value::to_raw_value(value).unwrap_or_else(|_| {
-        RawValue::from_string("null".to_owned()).expect("null is JSON")
-    })
+    serde_json::value::to_raw_value(value)
+        .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON"))
 }
 
 /// One entry of a device's event log, as the owner's events poll returns it.
