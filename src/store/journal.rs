@@ -345,12 +345,16 @@ impl Runway {
         (self.written.load(Ordering::Relaxed) / 4).clamp(RUNWAY_STEP, self.limit.max(RUNWAY_STEP))
     }
 
+    /// Whether the preparer should add to the runway: as soon as a step of it is used, so the
+    /// zeros go to the disk a step at a time, spread out, rather than in bursts that the
+    /// writer's flushes would queue behind (for a runway of one or two steps, at half).
     fn is_short(&self) -> bool {
         let ahead = self
             .reserved
             .load(Ordering::Acquire)
             .saturating_sub(self.written.load(Ordering::Relaxed));
-        ahead < self.wanted() / 2
+        let wanted = self.wanted();
+        ahead < wanted.saturating_sub(RUNWAY_STEP).max(wanted / 2)
     }
 
     /// Writes zeros until the runway is long enough; returns when the writer has gone. After
