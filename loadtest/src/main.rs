@@ -182,12 +182,17 @@ impl Shared {
             let took = now.saturating_sub(due).max(1);
             let _ = self.latency.lock().unwrap().record(took);
             let mut by_second = self.latency_by_second.lock().unwrap();
-            let second = by_second.entry(due / 1_000_000).or_insert_with(|| {
-                Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
-            });
+            let second = by_second
+                .entry(due / 1_000_000)
+                .or_insert_with(|| micros_histogram(2));
             let _ = second.record(took);
         }
     }
+}
+
+/// A histogram of microseconds, from 1 µs to a minute, to `significant` digits.
+fn micros_histogram(significant: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, significant).expect("valid histogram bounds")
 }
 
 fn error_kind(error: &ClientError) -> String {
@@ -241,11 +246,11 @@ async fn main() -> anyhow::Result<()> {
         in_poll: AtomicU64::new(0),
         repolled: AtomicU64::new(0),
         errors: Mutex::new(BTreeMap::new()),
-        latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        latency: Mutex::new(micros_histogram(3)),
         latency_by_second: Mutex::new(BTreeMap::new()),
-        owner_latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
-        send_lag: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
-        oversleep: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        owner_latency: Mutex::new(micros_histogram(3)),
+        send_lag: Mutex::new(micros_histogram(3)),
+        oversleep: Mutex::new(micros_histogram(3)),
         parked_series: Mutex::new(Vec::new()),
     });
     let rss_before = args.server_pid.and_then(rss_bytes);

@@ -85,8 +85,12 @@ pub struct ServerRss {
     pub after_load: Option<u64>,
 }
 
+/// Microseconds as milliseconds.
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
 fn latency(histogram: &Histogram<u64>) -> Latency {
-    let ms = |v: u64| v as f64 / 1000.0;
     Latency {
         count: histogram.len(),
         p50_ms: ms(histogram.value_at_quantile(0.5)),
@@ -99,7 +103,6 @@ fn latency(histogram: &Histogram<u64>) -> Latency {
 
 /// Every second's latency figures, in order.
 pub fn by_second(shared: &Shared) -> Vec<SecondLatency> {
-    let ms = |v: u64| v as f64 / 1000.0;
     shared
         .latency_by_second
         .lock()

@@ -509,10 +509,10 @@ impl Output {
 
     /// Trims the journal and stops the preparer.
     fn close(mut self) {
-        if let Some((runway, wake, handle)) = self.runway.take() {
+        if let Some((_, wake, handle)) = self.runway.take() {
+            // The preparer stops once its channel is closed.
             drop(wake);
             let _ = handle.join();
-            drop(runway);
         }
         self.trim(&self.file);
     }
