@@ -28,6 +28,8 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::service;
 
+mod conn;
+
 /// Binds the listening socket with a deep accept queue.
 ///
 /// Why: after a network blip thousands of phones reconnect within the same second. With the
@@ -46,7 +48,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Counts one open connection for as long as it lives.
-struct ConnectionGuard(Arc<Gateway>);
+pub(crate) struct ConnectionGuard(Arc<Gateway>);
 
 /// Runs the gateway on `listener` until `signal` resolves, then shuts down in phases.
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, signal: impl Future<Output = ()>) {
@@ -71,6 +73,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, signal: impl Futu
             gateway.config.server.header_read_timeout_secs,
         ))
         .keep_alive(gateway.config.server.keep_alive);
+    let handoff = Arc::new(conn::Handoff { builder });
     tokio::pin!(signal);
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -78,7 +81,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, signal: impl Futu
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
-                    serve(stream, peer, &gateway, &builder, &graceful);
+                    serve(stream, peer, &gateway, &handoff, &graceful);
                 }
                 Err(error) => {
                     // Usually EMFILE: out of descriptors. Back off rather than spin; existing
@@ -110,7 +113,7 @@ fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     gateway: &Arc<Gateway>,
-    builder: &http1::Builder,
+    handoff: &Arc<conn::Handoff>,
     graceful: &GracefulShutdown,
 ) {
     let open = gateway.stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -122,16 +125,8 @@ fn serve(
     }
     // Commands are tiny and latency is the point: do not let Nagle hold them back.
     let _ = stream.set_nodelay(true);
-    let service_gateway = gateway.clone();
-    let connection = builder.serve_connection(
-        TokioIo::new(stream),
-        service_fn(move |request| service::handle(request, service_gateway.clone(), peer)),
-    );
-    let served = Served {
-        connection: graceful.watch(connection),
-        _guard: guard,
-    };
-    tokio::spawn(served.instrument(info_span!("conn", %peer)));
+    let connection = conn::serve(stream, peer, handoff.clone(), guard, graceful.watcher());
+    tokio::spawn(connection.instrument(info_span!("conn", %peer)));
 }
 
 pin_project_lite::pin_project! {
@@ -142,7 +137,7 @@ pin_project_lite::pin_project! {
     /// future it captured stores that future twice (as the captured variable and as the
     /// future being awaited): that doubled the task every open connection keeps (from about
     /// 0.9 KB to 1.7 KB, see docs/PERFORMANCE.md).
-    struct Served<C> {
+    pub(crate) struct Served<C> {
         #[pin]
         connection: C,
         _guard: ConnectionGuard,

@@ -154,6 +154,131 @@ async fn shutdown_answers_parked_polls_with_an_empty_signed_object() {
     server.stop().await;
 }
 
+// === The exchange path (src/server/conn.rs) ===
+
+/// A signed device exchange, written by hand: `wait` seconds, an empty report.
+fn exchange_request(server: &TestServer, device: &DeviceClient, wait: u64, extra: &str) -> String {
+    let path = format!("/1/cmd/{}?wait={wait}", device.id());
+    let authorization = device.authorization(&path, b"{}").unwrap();
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: {}\r\nauthorization: {authorization}\r\ncontent-type: application/json\r\n{extra}content-length: 2\r\n\r\n{{}}",
+        server.addr
+    )
+}
+
+/// Reads `n` answers (status, head, body) from `stream`, each framed by its `content-length`.
+async fn read_answers(stream: &mut TcpStream, n: usize) -> Vec<(u16, String, String)> {
+    let mut read = Vec::new();
+    let mut answers = Vec::new();
+    while answers.len() < n {
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut answer = httparse::Response::new(&mut fields);
+        if let Ok(httparse::Status::Complete(head)) = answer.parse(&read) {
+            let length: usize = answer
+                .headers
+                .iter()
+                .find(|f| f.name.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |f| {
+                    std::str::from_utf8(f.value).unwrap().parse().unwrap()
+                });
+            if read.len() >= head + length {
+                let text = String::from_utf8_lossy(&read[..head]).into_owned();
+                let body = String::from_utf8_lossy(&read[head..head + length]).into_owned();
+                answers.push((answer.code.unwrap(), text, body));
+                read.drain(..head + length);
+                continue;
+            }
+        }
+        let mut more = [0u8; 4096];
+        let got = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut more))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(got > 0, "closed after {} answers: {read:?}", answers.len());
+        read.extend_from_slice(&more[..got]);
+    }
+    answers
+}
+
+#[tokio::test]
+async fn pipelined_exchanges_then_an_owner_request_are_answered_in_order_on_one_connection() {
+    let server = TestServer::start().await;
+    let (mut owner, device) = server.owner_and_device("pipeline").await;
+    owner
+        .command(device.id(), &json!({"r":{"p":1,"d":10}}))
+        .await
+        .unwrap();
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    // Two exchanges (served by the exchange path), then a request that is not one (handed to
+    // hyper with the bytes already read), all in one write.
+    let mut requests = exchange_request(&server, &device, 0, "");
+    requests += &exchange_request(&server, &device, 0, "connection: keep-alive\r\n");
+    requests += "GET /__lbheartbeat__ HTTP/1.1\r\nhost: x\r\n\r\n";
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let answers = read_answers(&mut stream, 3).await;
+    let (status, head, body) = &answers[0];
+    assert_eq!(*status, 200, "{head}{body}");
+    assert!(head.contains("server-authorization: Hawk"), "{head}");
+    assert!(head.contains("date: "), "{head}");
+    assert!(body.contains("\"r\""), "the ring command: {body}");
+    let (status, head, _) = &answers[1];
+    assert_eq!(*status, 200, "{head}");
+    assert!(head.contains("server-authorization: Hawk"), "{head}");
+    let (status, head, body) = &answers[2];
+    assert_eq!((*status, body.as_str()), (200, "{}"), "{head}");
+    assert!(!head.contains("server-authorization"), "{head}");
+    // The connection is still open, now served by hyper.
+    stream
+        .write_all(b"GET /__lbheartbeat__ HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answers(&mut stream, 1).await[0].0, 200);
+}
+
+#[tokio::test]
+async fn a_device_that_hangs_up_while_parked_is_no_longer_parked() {
+    let server = TestServer::start().await;
+    let (_owner, device) = server.owner_and_device("hangsup").await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = exchange_request(&server, &device, 30, "");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    server.until_parked(1).await;
+    drop(stream);
+    server.until_parked(0).await;
+}
+
+#[tokio::test]
+async fn an_exchange_of_another_shape_is_served_by_hyper_alike() {
+    let server = TestServer::start().await;
+    let (_owner, device) = server.owner_and_device("chunked").await;
+    let path = format!("/1/cmd/{}?wait=0", device.id());
+    let authorization = device.authorization(&path, b"{}").unwrap();
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}\r\nauthorization: {authorization}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (status, head, body) = read_answers(&mut stream, 1).await.remove(0);
+    assert_eq!((status, body.as_str()), (200, "{}"), "{head}");
+    assert!(head.contains("server-authorization: Hawk"), "{head}");
+}
+
+#[tokio::test]
+async fn without_keep_alive_an_exchange_is_answered_and_the_connection_closed() {
+    let server = TestServer::start_with(|c| c.server.keep_alive = false).await;
+    let (_owner, device) = server.owner_and_device("nokeepalive").await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = exchange_request(&server, &device, 0, "");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (status, head, _) = read_answers(&mut stream, 1).await.remove(0);
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+}
+
 // === The binary ===
 
 async fn sigterm_releases_parked_polls_and_exits(signal: &str) {

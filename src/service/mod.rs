@@ -205,25 +205,9 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let origin = forwarded::resolve(peer.ip(), request.headers(), &gateway.config.proxy.trusted);
-    let client = origin.client;
-    // Ids only: the device and owner fields are filled in once authenticated. Never the query
-    // string, a token or a body.
-    let span = info_span!(
-        "request",
-        method = %request.method(),
-        path = request.uri().path(),
-        %client,
-        device = field::Empty,
-        owner = field::Empty,
-    );
-    request.extensions_mut().insert(origin);
+    let (span, client) = begin(&mut request, &gateway, peer);
     match route(request.method(), request.uri().path()) {
-        Ok(Route::DeviceExchange(id)) => {
-            span.record("device", id.as_str());
-            let exchange = span.in_scope(|| exchange_device(request, gateway, id));
-            Box::pin(exchange.instrument(span))
-        }
+        Ok(Route::DeviceExchange(id)) => exchange_in(span, request, gateway, id),
         Ok(route) => Box::pin(
             async move {
                 let mut response = dispatch(route, request, &gateway, client)
@@ -240,6 +224,53 @@ where
             Box::pin(std::future::ready(Ok(response)))
         }
     }
+}
+
+/// Serves a device exchange (`POST /1/cmd/{id}`) read by the server's own exchange path
+/// (`server::conn`), which has matched the route already: as [`handle`] does, without a
+/// second instance of every handler for this body type.
+pub fn handle_exchange(
+    mut request: Request<Body>,
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+    id: String,
+) -> Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> {
+    let (span, _) = begin(&mut request, &gateway, peer);
+    exchange_in(span, request, gateway, id)
+}
+
+/// Resolves the real client (from `peer` and the forwarding headers of trusted proxies) into
+/// the request's extensions, and opens the request's span.
+fn begin<B>(request: &mut Request<B>, gateway: &Gateway, peer: SocketAddr) -> (Span, IpAddr) {
+    let origin = forwarded::resolve(peer.ip(), request.headers(), &gateway.config.proxy.trusted);
+    let client = origin.client;
+    // Ids only: the device and owner fields are filled in once authenticated. Never the query
+    // string, a token or a body.
+    let span = info_span!(
+        "request",
+        method = %request.method(),
+        path = request.uri().path(),
+        %client,
+        device = field::Empty,
+        owner = field::Empty,
+    );
+    request.extensions_mut().insert(origin);
+    (span, client)
+}
+
+fn exchange_in<B>(
+    span: Span,
+    request: Request<B>,
+    gateway: Arc<Gateway>,
+    id: String,
+) -> Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    span.record("device", id.as_str());
+    let exchange = span.in_scope(|| exchange_device(request, gateway, id));
+    Box::pin(exchange.instrument(span))
 }
 
 async fn dispatch<B>(
@@ -691,11 +722,17 @@ where
 impl Exchange {
     /// Answers (see [`Exchange::answer`]) and counts how the poll ended. Cancel safety: as
     /// for `answer`.
-    async fn respond(self, gateway: Arc<Gateway>) -> Response<Body> {
-        // `answer` borrows: a future that took `self` by value would keep a second copy of it.
-        let (response, end) = self.answer(&gateway).await;
-        gateway.metrics.poll_answered(end);
-        response
+    ///
+    /// An `async` block, not an `async fn`: an `async fn` keeps its arguments twice (as
+    /// arguments and as locals), and this future is what a parked poll holds.
+    #[allow(clippy::manual_async_fn, reason = "see above")]
+    fn respond(self, gateway: Arc<Gateway>) -> impl Future<Output = Response<Body>> + Send {
+        async move {
+            // `answer` borrows: a future that took `self` by value would keep a second copy.
+            let (response, end) = self.answer(&gateway).await;
+            gateway.metrics.poll_answered(end);
+            response
+        }
     }
 
     /// Answers with what is pending, or parks until there is something, the wait ends, a
