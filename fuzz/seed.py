@@ -3,7 +3,8 @@
 
 The seeds are the shapes the test suite sends: Hawk headers signed for the fixed request of
 the hawk_header target, device reports and owner commands from tests/device_protocol.rs and
-tests/owner_api.rs, every route, and small journal and snapshot files. Run it again after
+tests/owner_api.rs, every route, small journal and snapshot files, and the request shapes the
+exchange path serves or hands to hyper. Run it again after
 changing a target's input format; the files it writes are committed.
 """
 
@@ -176,6 +177,34 @@ def forwarded_seeds():
         write("forwarded", name, data)
 
 
+def exchange_request_seeds():
+    # Must keep under the target's body limit (64 bytes).
+    report = b'{"r":{"ok":true},"t":{"la":48.85,"lo":2.35,"acc":10,"ti":1700000000}}'[:60]
+    head = (
+        b"POST /1/cmd/fuzzdevice?wait=30 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
+        b'Authorization: Hawk id="fuzzdevice", ts="1700000000", nonce="Ygvqdz", '
+        b'hash="x", mac="y"\r\nContent-Type: application/json\r\n'
+    )
+    whole = head + b"Content-Length: %d\r\n\r\n" % len(report) + report
+    cases = {
+        "exchange": whole,
+        "pipelined": whole + whole + b"GET /__lbheartbeat__ HTTP/1.1\r\nhost: x\r\n\r\n",
+        "no-body": b"POST /1/cmd/abc HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",
+        "half-head": whole[:70],
+        "half-body": whole[:-10],
+        "chunked": head + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        "expect": head + b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n{}",
+        "close": head + b"Connection: close\r\nContent-Length: 2\r\n\r\n{}",
+        "two-lengths": head + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        "too-long": head + b"Content-Length: 65\r\n\r\n",
+        "deeper-path": b"POST /1/cmd/abc/def HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        "owner": b"GET /1/devices HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n",
+        "http10": b"POST /1/cmd/abc HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+    }
+    for name, data in cases.items():
+        write("exchange_request", name, data)
+
+
 if __name__ == "__main__":
     hawk_seeds()
     report_seeds()
@@ -183,3 +212,4 @@ if __name__ == "__main__":
     route_seeds()
     store_seeds()
     forwarded_seeds()
+    exchange_request_seeds()

@@ -28,7 +28,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::service;
 
-mod conn;
+pub mod conn;
 
 /// Binds the listening socket with a deep accept queue.
 ///

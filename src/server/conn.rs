@@ -59,7 +59,7 @@ const READ_STEP: usize = 4096;
 const EXCHANGE_PREFIX: &str = "/1/cmd/";
 
 /// What every connection shares: how to hand a connection to hyper.
-pub struct Handoff {
+pub(crate) struct Handoff {
     pub builder: http1::Builder,
 }
 
@@ -100,7 +100,7 @@ enum Sniff {
     clippy::manual_async_fn,
     reason = "see above: an `async fn` stores its arguments twice"
 )]
-pub fn serve(
+pub(crate) fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     handoff: Arc<Handoff>,
@@ -141,21 +141,16 @@ async fn read_request(stream: &TcpStream, buf: &mut Vec<u8>, guard: &ConnectionG
     let mut shutdown = gateway.shutdown_handle();
     loop {
         if !buf.is_empty() {
-            match sniff(buf, max_body) {
-                Sniff::Other => return Read::Other,
-                Sniff::Exchange { head, body } if buf.len() >= head + body => {
-                    return match build(std::mem::take(buf), head, body) {
-                        Ok((request, id, rest)) => {
-                            *buf = rest;
-                            Read::Exchange(request, id)
-                        }
-                        Err(read) => {
-                            *buf = read;
-                            Read::Other
-                        }
-                    };
+            match parse(std::mem::take(buf), max_body) {
+                Parsed::Incomplete(read) => *buf = read,
+                Parsed::Other(read) => {
+                    *buf = read;
+                    return Read::Other;
                 }
-                Sniff::Partial | Sniff::Exchange { .. } => {}
+                Parsed::Exchange { request, id, rest } => {
+                    *buf = rest;
+                    return Read::Exchange(request, id);
+                }
             }
         }
         let idle = buf.is_empty();
@@ -167,6 +162,41 @@ async fn read_request(stream: &TcpStream, buf: &mut Vec<u8>, guard: &ConnectionG
             Ok(0) | Err(_) => return Read::Closed,
             Ok(_) => {}
         }
+    }
+}
+
+/// What the bytes read from a connection so far are.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per read, and taken apart at once"
+)]
+pub enum Parsed {
+    /// The start of an exchange, or of a head: more bytes are needed. Never more than
+    /// [`MAX_HEAD`] plus the body limit.
+    Incomplete(Vec<u8>),
+    /// Not one this path serves: hyper gets the connection with these bytes.
+    Other(Vec<u8>),
+    /// A whole exchange, its device id, and the bytes that followed it.
+    Exchange {
+        request: Request<Body>,
+        id: String,
+        rest: Vec<u8>,
+    },
+}
+
+/// Parses the bytes read from a connection (see [`Parsed`]); bytes it does not take are given
+/// back unchanged. `max_body` is `server.max_body_bytes`.
+pub fn parse(read: Vec<u8>, max_body: usize) -> Parsed {
+    match sniff(&read, max_body) {
+        Sniff::Other => Parsed::Other(read),
+        Sniff::Exchange { head, body } if read.len() >= head + body => {
+            match build(read, head, body) {
+                Ok((request, id, rest)) => Parsed::Exchange { request, id, rest },
+                Err(read) => Parsed::Other(read),
+            }
+        }
+        Sniff::Partial | Sniff::Exchange { .. } => Parsed::Incomplete(read),
     }
 }
 
@@ -273,11 +303,11 @@ fn request_of(bytes: &Bytes, head: usize, body: usize) -> Option<(Request<Body>,
     let mut parsed = httparse::Request::new(&mut fields);
     parsed.parse(&bytes[..head]).ok()?;
     let target = parsed.path?;
-    let path = target.split('?').next().unwrap_or(target);
-    let Ok(Route::DeviceExchange(id)) = service::route(&Method::POST, path) else {
+    // Routed by the parsed URI's path, as hyper's requests are (a `#fragment` is dropped).
+    let uri = Uri::from_maybe_shared(bytes.slice_ref(target.as_bytes())).ok()?;
+    let Ok(Route::DeviceExchange(id)) = service::route(&Method::POST, uri.path()) else {
         return None;
     };
-    let uri = Uri::from_maybe_shared(bytes.slice_ref(target.as_bytes())).ok()?;
     let mut request = Request::new(Body::new(bytes.slice(head..head + body)));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = uri;
@@ -580,6 +610,15 @@ mod tests {
         assert_eq!(request.headers()["authorization"], "Hawk id=\"x\"");
         assert_eq!(request.headers()["host"], "h");
         assert_eq!(full_bytes(request.into_body()), Bytes::from_static(b"{}"));
+    }
+
+    #[test]
+    fn the_device_id_is_taken_from_the_path_as_hyper_parses_it() {
+        // Found by the `exchange_request` fuzz target: the id was taken from the raw target.
+        let read = b"POST /1/cmd/abc#frag?wait=3 HTTP/1.1\r\n\r\n".to_vec();
+        let len = read.len();
+        let (request, id, _) = build(read, len, 0).unwrap();
+        assert_eq!((id.as_str(), request.uri().path()), ("abc", "/1/cmd/abc"));
     }
 
     #[test]
