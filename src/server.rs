@@ -1,10 +1,14 @@
-//! The accept loop, per-connection hyper setup, and the shutdown phases.
+//! The accept loop, the connections, and the shutdown phases.
+//!
+//! Every connection starts on the exchange path ([`conn`]), which serves device exchanges
+//! itself and hands any other request, with the connection, to hyper.
 //!
 //! Shutdown, in order:
 //! 1. stop accepting (the listener is dropped);
 //! 2. release parked polls: each answers `{}` at once (they watch the signal themselves,
 //!    because hyper's graceful shutdown only turns keep-alive off);
-//! 3. ask every connection to close after its current response;
+//! 3. ask every connection to close after its current response (hyper's graceful shutdown;
+//!    the exchange path closes its idle connections and answers with `connection: close`);
 //! 4. wait for them, at most `server.shutdown_grace_secs`;
 //! 5. write a final snapshot and close the journal.
 
