@@ -23,7 +23,6 @@
 //! connection after the answer (`connection: close`).
 
 use std::cell::RefCell;
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -328,7 +327,7 @@ fn request_of(bytes: &Bytes, head: usize, body: usize) -> Option<(Request<Body>,
 async fn answering(
     stream: &TcpStream,
     buf: &mut Vec<u8>,
-    mut answer: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>,
+    mut answer: service::Answering,
 ) -> Option<Response<Body>> {
     let mut watching = buf.is_empty();
     std::future::poll_fn(|cx| {

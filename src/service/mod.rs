@@ -55,6 +55,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The response body type of every handler.
 pub type Body = Full<Bytes>;
 
+/// A request being answered, boxed (see [`handle`]).
+pub type Answering = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
 /// Longest device name, in characters.
 pub const MAX_NAME_LEN: usize = 64;
 /// Longest push URL, in bytes.
@@ -196,11 +199,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
 ///
 /// Returns a boxed future so that what a parked device poll keeps alive is only what its
 /// waiting phase needs (see [`exchange_device`]), not the largest state of any handler.
-pub fn handle<B>(
-    mut request: Request<B>,
-    gateway: Arc<Gateway>,
-    peer: SocketAddr,
-) -> Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>
+pub fn handle<B>(mut request: Request<B>, gateway: Arc<Gateway>, peer: SocketAddr) -> Answering
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -234,7 +233,7 @@ pub fn handle_exchange(
     gateway: Arc<Gateway>,
     peer: SocketAddr,
     id: String,
-) -> Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> {
+) -> Answering {
     let (span, _) = begin(&mut request, &gateway, peer);
     exchange_in(span, request, gateway, id)
 }
@@ -258,12 +257,7 @@ fn begin<B>(request: &mut Request<B>, gateway: &Gateway, peer: SocketAddr) -> (S
     (span, client)
 }
 
-fn exchange_in<B>(
-    span: Span,
-    request: Request<B>,
-    gateway: Arc<Gateway>,
-    id: String,
-) -> Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>
+fn exchange_in<B>(span: Span, request: Request<B>, gateway: Arc<Gateway>, id: String) -> Answering
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
