@@ -279,6 +279,22 @@ async fn without_keep_alive_an_exchange_is_answered_and_the_connection_closed() 
     assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
 }
 
+#[tokio::test]
+async fn shutdown_closes_a_device_connection_waiting_for_its_next_request() {
+    let mut server = TestServer::start().await;
+    let (_owner, device) = server.owner_and_device("idle").await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = exchange_request(&server, &device, 0, "");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_answers(&mut stream, 1).await[0].0, 200);
+    // Answered and idle, on the exchange path: shutdown must not wait for its header timeout.
+    server.signal_stop();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+    server.stop().await;
+}
+
 // === The binary ===
 
 async fn sigterm_releases_parked_polls_and_exits(signal: &str) {
