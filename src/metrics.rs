@@ -381,6 +381,11 @@ pub fn render(gateway: &Gateway) -> String {
         "Time to write (and fsync, when due) one group of journal records.",
         &journal.flush,
     );
+    out.counter(
+        "wheresmyfox_journal_flushes_inline_total",
+        "Groups of journal records written by the request waiting for them rather than the journal thread.",
+        &[(&[], journal.flushes_inline.get())],
+    );
     out.gauge(
         "wheresmyfox_journal_bytes",
         "Size of the current journal file.",

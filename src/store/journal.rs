@@ -1,10 +1,20 @@
 //! `Journal`: the append-only log every state change goes through before it is answered.
 //!
-//! One writer thread owns the file. Requests hand it framed records through a channel and
-//! wait for its acknowledgement; it writes whatever has queued up in one `write`, then one
-//! `fdatasync` covers the whole batch (group commit), so under load many requests share each
-//! flush. Records whose policy is `interval` are acknowledged once written, and flushed by the
-//! next batch that needs it or by the interval timer.
+//! Requests queue framed records in order and wait for them to be durable. Whoever writes
+//! takes everything queued so far in one `write`, then one `fdatasync` covers the whole batch
+//! (group commit), so under load many requests share each flush. Records whose policy is
+//! `interval` are acknowledged once written, and flushed by the next batch that needs it or by
+//! the interval timer.
+//!
+//! Who writes: a request that waits for its commit and finds the file free writes the batch
+//! itself, on its own worker thread, and so does not wait for another thread to be scheduled
+//! twice (once to write, once to wake it): the leader of RocksDB's and MySQL's group commit. A
+//! writer thread does the rest: batches queued while a write was under way, the records of
+//! commits dropped unwaited, the interval flush, rotation and close, and everything when the
+//! runtime has a single worker (which must not stop for a flush). Only one batch is written
+//! at a time (`Shared::file`); whoever lets go of the file looks at the queue afterwards and
+//! wakes the thread when records are left, so no record waits for a writer that is not
+//! coming.
 //!
 //! The file is kept ahead of the writer with zeros (`Runway`), so a flush writes the records'
 //! blocks and never the file's size as well.
@@ -18,8 +28,9 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError, mpsc};
 use std::time::{Duration, Instant};
+use std::{fmt, mem};
 
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
@@ -46,12 +57,14 @@ pub enum Durability {
 pub struct Commit {
     waits: Vec<oneshot::Receiver<Result<(), ()>>>,
     failed: bool,
+    /// The journal the records wait in, until someone has been asked to write them.
+    journal: Option<Arc<Shared>>,
 }
 
 /// The journal handle shared by request handlers.
 #[derive(Debug)]
 pub struct Journal {
-    tx: Option<mpsc::Sender<Op>>,
+    shared: Option<Arc<Shared>>,
     /// Set once a write failed; from then on every append fails at once.
     failed: Arc<AtomicBool>,
     /// Bytes in the current journal file (for the snapshot trigger).
@@ -75,6 +88,8 @@ pub struct JournalStats {
     pub commands_confirmed: Counter,
     /// Time to write (and fsync, when due) one group of records.
     pub flush: Histogram,
+    /// Groups written by the request that waited for them (the rest by the writer thread).
+    pub flushes_inline: Counter,
 }
 
 enum Op {
@@ -93,6 +108,55 @@ enum Op {
     Close { ack: oneshot::Sender<()> },
 }
 
+/// What appenders, waiting requests and the writer thread share.
+struct Shared {
+    /// Operations not yet taken by a writer, in the order they were appended.
+    queue: Mutex<Queue>,
+    /// Wakes the writer thread when the queue holds work for it.
+    kick: Condvar,
+    /// The file. Held for the whole of a batch, so batches are written one at a time and in
+    /// the order they were taken from the queue. Lock order: `file`, then `queue`.
+    file: Mutex<Writer>,
+    failed: Arc<AtomicBool>,
+    bytes: Arc<AtomicU64>,
+    stats: Arc<JournalStats>,
+}
+
+#[derive(Default)]
+struct Queue {
+    ops: Vec<Op>,
+    /// No more operations: a `Close` was queued, or the `Journal` was dropped.
+    closed: bool,
+    /// When records written without a flush (under the `interval` policy) must be flushed
+    /// by the thread.
+    flush_due: Option<Instant>,
+}
+
+/// The writing side: the file, and what has been written to it but not yet flushed.
+struct Writer {
+    /// `None` once closed.
+    output: Option<Output>,
+    buffer: Vec<u8>,
+    /// Records were written (under the `interval` policy) and not yet flushed.
+    dirty: bool,
+    last_sync: Instant,
+    /// `storage.fsync_interval_ms`.
+    interval: Duration,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("failed", &self.failed)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 // === Commit ===
 
 impl Commit {
@@ -105,23 +169,34 @@ impl Commit {
         Commit {
             waits: Vec::new(),
             failed: true,
+            journal: None,
         }
     }
 
     /// Waits for this commit too.
-    pub fn join(&mut self, other: Commit) {
+    pub fn join(&mut self, mut other: Commit) {
         self.failed |= other.failed;
-        self.waits.extend(other.waits);
+        self.waits.append(&mut other.waits);
+        if self.journal.is_none() {
+            self.journal = other.journal.take();
+        }
     }
 
     /// Resolves when every record is durable; 503 if the journal could not write them.
     ///
+    /// When no batch is being written, the records are written and flushed right here, on
+    /// this thread (see the module's documentation).
+    ///
     /// Cancel safety: dropping the future does not undo the records; they are written anyway.
-    pub async fn wait(self) -> Result<(), ApiError> {
+    pub async fn wait(mut self) -> Result<(), ApiError> {
         if self.failed {
             return Err(ApiError::StorageUnavailable);
         }
-        for wait in self.waits {
+        let waits = mem::take(&mut self.waits);
+        if let Some(journal) = self.journal.take() {
+            journal.write_or_hand_over();
+        }
+        for wait in waits {
             match wait.await {
                 Ok(Ok(())) => {}
                 _ => return Err(ApiError::StorageUnavailable),
@@ -131,31 +206,47 @@ impl Commit {
     }
 }
 
+impl Drop for Commit {
+    /// A commit dropped before it was waited on still has its records written: by the thread.
+    fn drop(&mut self) {
+        if let Some(journal) = self.journal.take() {
+            journal.kick();
+        }
+    }
+}
+
 // === Journal ===
 
 impl Journal {
     /// Starts the writer on an open journal file whose records end at `len` (zeros may follow).
     pub fn start(file: File, path: PathBuf, len: u64, config: &StorageConfig) -> Journal {
-        let (tx, rx) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
         let bytes = Arc::new(AtomicU64::new(len));
         let interval = Duration::from_millis(config.fsync_interval_ms);
         let stats = Arc::new(JournalStats::default());
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            kick: Condvar::new(),
+            file: Mutex::new(Writer {
+                output: Some(Output::new(file, path, len, config.journal_runway_bytes)),
+                buffer: Vec::with_capacity(64 * 1024),
+                dirty: false,
+                last_sync: Instant::now(),
+                interval,
+            }),
+            failed: failed.clone(),
+            bytes: bytes.clone(),
+            stats: stats.clone(),
+        });
         let writer = {
-            let failed = failed.clone();
-            let bytes = bytes.clone();
-            let stats = stats.clone();
-            let runway = config.journal_runway_bytes;
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("journal".into())
-                .spawn(move || {
-                    let output = Output::new(file, path, len, runway);
-                    write_loop(rx, output, failed, bytes, interval, &stats)
-                })
+                .spawn(move || write_loop(&shared))
                 .expect("spawning the journal thread")
         };
         Journal {
-            tx: Some(tx),
+            shared: Some(shared),
             failed,
             bytes,
             commands: config.fsync,
@@ -169,7 +260,7 @@ impl Journal {
     /// in-memory paths).
     pub fn disabled() -> Journal {
         Journal {
-            tx: None,
+            shared: None,
             failed: Arc::new(AtomicBool::new(false)),
             bytes: Arc::new(AtomicU64::new(0)),
             commands: FsyncPolicy::Interval,
@@ -183,7 +274,7 @@ impl Journal {
     /// the returned commit after releasing it.
     pub fn append(&self, record: &Record, durability: Durability) -> Commit {
         self.stats.count(record);
-        let Some(tx) = &self.tx else {
+        let Some(shared) = &self.shared else {
             return Commit::done();
         };
         if self.failed.load(Ordering::Relaxed) {
@@ -208,12 +299,13 @@ impl Journal {
             sync: policy == FsyncPolicy::Always,
             ack,
         };
-        if tx.send(op).is_err() {
+        if !shared.push(op, false) {
             return Commit::failed();
         }
         Commit {
             waits: vec![wait],
             failed: false,
+            journal: Some(shared.clone()),
         }
     }
 
@@ -237,23 +329,27 @@ impl Journal {
 
     /// Continues in a new file; everything appended before this call is in the old one.
     pub async fn rotate(&self, path: PathBuf, generation: u64) -> std::io::Result<()> {
-        let Some(tx) = &self.tx else { return Ok(()) };
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
         let (ack, wait) = oneshot::channel();
-        tx.send(Op::Rotate {
+        let op = Op::Rotate {
             path,
             generation,
             ack,
-        })
-        .map_err(|_| std::io::Error::other("the journal writer has stopped"))?;
+        };
+        if !shared.push(op, true) {
+            return Err(std::io::Error::other("the journal writer has stopped"));
+        }
         wait.await
             .map_err(|_| std::io::Error::other("the journal writer has stopped"))?
     }
 
     /// Flushes everything and stops the writer.
     pub async fn close(&self) {
-        if let Some(tx) = &self.tx {
+        if let Some(shared) = &self.shared {
             let (ack, wait) = oneshot::channel();
-            if tx.send(Op::Close { ack }).is_ok() {
+            if shared.push(Op::Close { ack }, true) {
                 let _ = wait.await;
             }
         }
@@ -262,6 +358,101 @@ impl Journal {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
+}
+
+impl Drop for Journal {
+    /// Lets the writer thread finish what is queued and stop.
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            lock(&shared.queue).closed = true;
+            shared.kick.notify_one();
+        }
+    }
+}
+
+// === Shared ===
+
+impl Shared {
+    /// Queues `op` after everything queued before it; false once the journal is closed.
+    /// Operations only the thread carries out (`wake`) wake it at once; appends wait for
+    /// their commit to be waited on or dropped.
+    fn push(&self, op: Op, wake: bool) -> bool {
+        {
+            let mut queue = lock(&self.queue);
+            if queue.closed {
+                return false;
+            }
+            if matches!(op, Op::Close { .. }) {
+                queue.closed = true;
+            }
+            queue.ops.push(op);
+        }
+        if wake {
+            self.kick.notify_one();
+        }
+        true
+    }
+
+    /// Wakes the writer thread for whatever is queued.
+    fn kick(&self) {
+        // Under the lock, so that the wake cannot fall between the thread finding the queue
+        // empty and its going to sleep.
+        let _queue = lock(&self.queue);
+        self.kick.notify_one();
+    }
+
+    /// A waiting request's turn: writes what is queued, here and now, if no batch is being
+    /// written and this thread may block on the disk; otherwise leaves it to whoever holds
+    /// the file, or to the thread.
+    fn write_or_hand_over(&self) {
+        if !may_block_here() {
+            self.kick();
+            return;
+        }
+        let mut writer = match self.file.try_lock() {
+            Ok(writer) => writer,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            // The holder looks at the queue once it lets go (below), and this commit's
+            // records are either in its batch or still queued.
+            Err(TryLockError::WouldBlock) => return,
+        };
+        let batch: Vec<Op> = {
+            let mut queue = lock(&self.queue);
+            // Appends only, up to the first rotation or close: those are the thread's.
+            let appends = queue
+                .ops
+                .iter()
+                .position(|op| !matches!(op, Op::Append { .. }))
+                .unwrap_or(queue.ops.len());
+            queue.ops.drain(..appends).collect()
+        };
+        let mut due = None;
+        if !batch.is_empty() {
+            self.stats.flushes_inline.inc();
+            writer.write_batch(batch, self);
+            due = writer.flush_due();
+        }
+        // Let go first, then look: an append queued after this batch was taken either finds
+        // the file free or is seen here (both go through the queue's lock).
+        drop(writer);
+        let mut queue = lock(&self.queue);
+        if let Some(due) = due {
+            queue.flush_due = Some(queue.flush_due.map_or(due, |at| at.min(due)));
+        }
+        if due.is_some() || !queue.ops.is_empty() {
+            self.kick.notify_one();
+        }
+    }
+}
+
+/// Whether the calling thread may wait for the disk: a worker of a multi-threaded runtime
+/// with another worker to go on meanwhile. A single-threaded runtime would stop serving for
+/// the length of every flush, so there the writer thread writes.
+fn may_block_here() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            && runtime.metrics().num_workers() > 1
+    })
 }
 
 // === JournalStats ===
@@ -273,6 +464,7 @@ impl Default for JournalStats {
             commands_answered: Counter::default(),
             commands_confirmed: Counter::default(),
             flush: Histogram::new(FAST_BOUNDS),
+            flushes_inline: Counter::default(),
         }
     }
 }
@@ -518,46 +710,67 @@ impl Output {
     }
 }
 
-fn write_loop(
-    rx: mpsc::Receiver<Op>,
-    mut output: Output,
-    failed: Arc<AtomicBool>,
-    bytes: Arc<AtomicU64>,
-    interval: Duration,
-    stats: &JournalStats,
-) {
-    let mut dirty = false;
-    let mut last_sync = Instant::now();
-    let mut buffer = Vec::with_capacity(64 * 1024);
+/// The writer thread: takes what the queue holds, and flushes `interval` records in time.
+fn write_loop(shared: &Shared) {
     loop {
-        let first = if dirty {
-            match rx.recv_timeout(interval.saturating_sub(last_sync.elapsed())) {
-                Ok(op) => Some(op),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            }
-        } else {
-            match rx.recv() {
-                Ok(op) => Some(op),
-                Err(_) => return,
+        // Wait for work, but take it only once the file is held (lock order: file, then
+        // queue): a batch taken earlier could be overtaken by a later one written inline.
+        let interval_over = {
+            let mut queue = lock(&shared.queue);
+            loop {
+                if !queue.ops.is_empty() {
+                    break false;
+                }
+                if queue.closed {
+                    return;
+                }
+                match queue.flush_due {
+                    None => queue = shared.kick.wait(queue).unwrap_or_else(|e| e.into_inner()),
+                    Some(at) => {
+                        let now = Instant::now();
+                        if now >= at {
+                            queue.flush_due = None;
+                            break true;
+                        }
+                        queue = shared
+                            .kick
+                            .wait_timeout(queue, at - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                }
             }
         };
-        let Some(first) = first else {
-            // The interval is over with unsynced data: flush it.
-            if sync(&output, &failed) {
-                dirty = false;
-            }
-            last_sync = Instant::now();
-            continue;
-        };
-        // Group commit: take everything already queued, up to a bound.
-        let mut ops = vec![first];
-        while ops.len() < 4096 {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
-            }
+        let mut writer = lock(&shared.file);
+        let ops = mem::take(&mut lock(&shared.queue).ops);
+        if !ops.is_empty() && !writer.write_batch(ops, shared) {
+            return;
         }
+        if interval_over {
+            // The interval is over with records not flushed (unless a batch since flushed
+            // them): flush them.
+            if writer.dirty && writer.sync(shared) {
+                writer.dirty = false;
+            }
+            writer.last_sync = Instant::now();
+        }
+        let due = writer.flush_due();
+        drop(writer);
+        if let Some(due) = due {
+            let mut queue = lock(&shared.queue);
+            queue.flush_due = Some(queue.flush_due.map_or(due, |at| at.min(due)));
+        }
+    }
+}
+
+impl Writer {
+    /// When the records written without a flush must be flushed, if there are any.
+    fn flush_due(&self) -> Option<Instant> {
+        self.dirty.then(|| self.last_sync + self.interval)
+    }
+
+    /// Writes a batch of operations in order; false once the journal is closed.
+    fn write_batch(&mut self, ops: Vec<Op>, shared: &Shared) -> bool {
         let mut acks = Vec::with_capacity(ops.len());
         let mut need_sync = false;
         for op in ops {
@@ -567,7 +780,7 @@ fn write_loop(
                     sync,
                     ack,
                 } => {
-                    buffer.extend_from_slice(&record);
+                    self.buffer.extend_from_slice(&record);
                     need_sync |= sync;
                     acks.push(ack);
                 }
@@ -576,47 +789,65 @@ fn write_loop(
                     generation,
                     ack,
                 } => {
-                    let ok =
-                        flush(&mut output, &mut buffer, &bytes, &failed) && sync(&output, &failed);
+                    let ok = self.flush(shared) && self.sync(shared);
                     finish(&mut acks, ok);
-                    dirty = false;
-                    let result = if ok {
-                        create_file(&next, generation).map(|new| {
+                    self.dirty = false;
+                    let result = match &mut self.output {
+                        Some(output) if ok => create_file(&next, generation).map(|new| {
                             info!(journal = %next.display(), "journal rotated");
                             output.replace(new, next);
-                            bytes.store(frame::HEADER_LEN as u64, Ordering::Relaxed);
-                        })
-                    } else {
-                        Err(std::io::Error::other("the journal has failed"))
+                            shared
+                                .bytes
+                                .store(frame::HEADER_LEN as u64, Ordering::Relaxed);
+                        }),
+                        _ => Err(std::io::Error::other("the journal has failed")),
                     };
                     let _ = ack.send(result);
                 }
                 Op::Close { ack } => {
-                    let ok =
-                        flush(&mut output, &mut buffer, &bytes, &failed) && sync(&output, &failed);
+                    let ok = self.flush(shared) && self.sync(shared);
                     finish(&mut acks, ok);
-                    if ok {
+                    if let Some(output) = self.output.take()
+                        && ok
+                    {
                         output.close();
                     }
                     let _ = ack.send(());
-                    return;
+                    return false;
                 }
             }
         }
         if acks.is_empty() {
-            continue;
+            return true;
         }
         let started = Instant::now();
-        let mut ok = flush(&mut output, &mut buffer, &bytes, &failed);
+        let mut ok = self.flush(shared);
         if ok && need_sync {
-            ok = sync(&output, &failed);
-            dirty = false;
-            last_sync = Instant::now();
+            ok = self.sync(shared);
+            self.dirty = false;
+            self.last_sync = Instant::now();
         } else if ok {
-            dirty = true;
+            self.dirty = true;
         }
-        stats.flush.observe(started.elapsed());
+        shared.stats.flush.observe(started.elapsed());
         finish(&mut acks, ok);
+        true
+    }
+
+    /// Writes the buffered records after the last ones; false if the journal has failed.
+    fn flush(&mut self, shared: &Shared) -> bool {
+        let Some(output) = &mut self.output else {
+            self.buffer.clear();
+            return false;
+        };
+        flush(output, &mut self.buffer, &shared.bytes, &shared.failed)
+    }
+
+    /// Flushes the file; false if the journal has failed.
+    fn sync(&self, shared: &Shared) -> bool {
+        self.output
+            .as_ref()
+            .is_some_and(|output| sync(output, &shared.failed))
     }
 }
 
@@ -747,6 +978,91 @@ mod tests {
         let (records, ending) = read(&image);
         assert_eq!(ending, frame::Ending::Clean);
         assert_eq!(records, (0..600).map(record).collect::<Vec<_>>());
+    }
+
+    /// Many requests on a multi-threaded runtime: each writes its batch itself when the file
+    /// is free and leaves it to the writer thread otherwise; some drop their commits unwaited.
+    /// Every record is written once, each request's in its order, and both ways were taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_write_their_batches_themselves_or_hand_them_over_and_none_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig {
+            positions_fsync: FsyncPolicy::Interval,
+            fsync_interval_ms: 5,
+            ..StorageConfig::default()
+        };
+        let (journal, path) = new_journal(dir.path(), 1, &config);
+        let journal = Arc::new(journal);
+        const TASKS: usize = 8;
+        const EACH: usize = 300;
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let journal = journal.clone();
+                tokio::spawn(async move {
+                    for i in 0..EACH {
+                        let n = t * EACH + i;
+                        let durability = if i % 3 == 0 {
+                            Durability::Positions
+                        } else {
+                            Durability::Commands
+                        };
+                        let commit = journal.append(&record(n), durability);
+                        if i % 50 == 49 {
+                            // The thread writes it, with whatever is queued after it.
+                            drop(commit);
+                        } else {
+                            commit.wait().await.unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // A rotation takes everything queued before it into the old file.
+        let second = dir.path().join("journal-0000000000000002.wmfj");
+        journal.rotate(second.clone(), 2).await.unwrap();
+        append(&journal, 10_000..10_010).await;
+        journal.close().await;
+
+        let (records, ending) = read(&path);
+        assert_eq!(ending, frame::Ending::Clean);
+        assert_eq!(records.len(), TASKS * EACH);
+        let mut next = [0; TASKS];
+        for r in records {
+            let Record::TokenRevoked { digest } = r else {
+                panic!("not ours")
+            };
+            let n = usize::from_str_radix(&digest, 16).unwrap();
+            assert_eq!(n % EACH, next[n / EACH], "out of order or twice: {n}");
+            next[n / EACH] += 1;
+        }
+        assert_eq!(
+            read(&second).0,
+            (10_000..10_010).map(record).collect::<Vec<_>>()
+        );
+        let stats = journal.stats();
+        let inline = stats.flushes_inline.get();
+        assert!(inline > 0, "no request wrote its own batch");
+        assert!(
+            inline < stats.flush.count(),
+            "the writer thread wrote no batch ({inline} of {})",
+            stats.flush.count()
+        );
+    }
+
+    /// On a single-threaded runtime the writer thread writes everything: a request there must
+    /// not hold up the only worker for a flush.
+    #[tokio::test]
+    async fn a_single_worker_leaves_the_writing_to_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, path) = new_journal(dir.path(), 1, &StorageConfig::default());
+        append(&journal, 0..50).await;
+        assert_eq!(journal.stats().flushes_inline.get(), 0);
+        assert!(journal.stats().flush.count() > 0);
+        journal.close().await;
+        assert_eq!(read(&path).0, (0..50).map(record).collect::<Vec<_>>());
     }
 
     #[tokio::test]
