@@ -177,8 +177,10 @@ impl Commit {
     pub fn join(&mut self, mut other: Commit) {
         self.failed |= other.failed;
         self.waits.append(&mut other.waits);
+        // Taken either way: `other` must not hand its records to the thread when dropped.
+        let journal = other.journal.take();
         if self.journal.is_none() {
-            self.journal = other.journal.take();
+            self.journal = journal;
         }
     }
 
@@ -404,7 +406,7 @@ impl Shared {
     /// A waiting request's turn: writes what is queued, here and now, if no batch is being
     /// written and this thread may block on the disk; otherwise leaves it to whoever holds
     /// the file, or to the thread.
-    fn write_or_hand_over(&self) {
+    fn write_or_hand_over(self: &Arc<Self>) {
         if !may_block_here() {
             self.kick();
             return;
@@ -439,8 +441,22 @@ impl Shared {
         if let Some(due) = due {
             queue.flush_due = Some(queue.flush_due.map_or(due, |at| at.min(due)));
         }
-        if due.is_some() || !queue.ops.is_empty() {
-            self.kick.notify_one();
+        match queue.ops.first() {
+            // Records queued while this batch was written: the next batch, written by a task
+            // on this worker, which runs as soon as this request yields (or on the other
+            // worker, if that one is idle), rather than by the thread, which would have to be
+            // scheduled first and then wake each waiting request.
+            Some(Op::Append { .. }) => {
+                drop(queue);
+                let journal = self.clone();
+                tokio::spawn(async move { journal.write_or_hand_over() });
+                if due.is_some() {
+                    self.kick.notify_one();
+                }
+            }
+            Some(_) => self.kick.notify_one(),
+            None if due.is_some() => self.kick.notify_one(),
+            None => {}
         }
     }
 }
@@ -1050,6 +1066,24 @@ mod tests {
             "the writer thread wrote no batch ({inline} of {})",
             stats.flush.count()
         );
+    }
+
+    /// One request at a time, each waiting for two records joined into one commit: the file
+    /// is always free, so every batch is written by the request, and none by the thread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn joined_commits_are_written_by_the_request_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, path) = new_journal(dir.path(), 1, &StorageConfig::default());
+        for n in (0..100).step_by(2) {
+            let mut commit = journal.append(&record(n), Durability::Commands);
+            commit.join(journal.append(&record(n + 1), Durability::Commands));
+            commit.wait().await.unwrap();
+        }
+        let stats = journal.stats();
+        assert!(stats.flush.count() > 0);
+        assert_eq!(stats.flushes_inline.get(), stats.flush.count());
+        journal.close().await;
+        assert_eq!(read(&path).0, (0..100).map(record).collect::<Vec<_>>());
     }
 
     /// On a single-threaded runtime the writer thread writes everything: a request there must
