@@ -6,11 +6,15 @@
 #
 # Each round runs, for each target in turn, a steady run at RATE (memory per parked device,
 # command-to-device latency), then a run offered MAX_RATE commands/s (the rate each actually
-# sustains), each target freshly started. Rounds alternate the targets because the noise of a
-# shared virtual machine changes from one minute to the next; the summary gives every round's
-# figure and the median. Writes every run's result.json and summary.md under OUT, and
-# OUT/compare.md with the figures side by side and the ratios (gateway / Nchan). Release
-# builds; installs nginx and Nchan when missing.
+# sustains), each target freshly started. The targets: the gateway as configured by default
+# (`storage.fsync = "always"`: every command is flushed to disk before it is answered or
+# delivered), the same gateway with `fsync = "interval"` (written before it is answered,
+# flushed within 100 ms: the durability closest to Nchan's, which keeps messages in memory
+# only), and nginx + Nchan. Rounds alternate the targets because the noise of a shared virtual
+# machine changes from one minute to the next; the summary gives every round's figure and the
+# median. Writes every run's result.json and summary.md under OUT, and OUT/compare.md with the
+# figures side by side and the ratios (gateway / Nchan). Release builds; installs nginx and
+# Nchan when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,18 +57,26 @@ load() {
         --out "$OUT/$name" --plot "$@"
 }
 
-for round in $(seq 1 "$ROUNDS"); do
-    # The gateway; its devices are registered in the first round and reused after.
-    RUST_LOG=warn,wheresmyfox=info "$BIN/wheresmyfox" serve --config loadtest/gateway.toml \
-        --listen "$GATEWAY_ADDR" --data-dir "$WORK/data" >>"$WORK/gateway.log" 2>&1 &
+# The gateway, flushing as `fsync` says; its devices are registered in the first run and
+# reused after.
+gateway() {
+    local name=$1 fsync=$2 round=$3
+    WHERESMYFOX_STORAGE__FSYNC="$fsync" RUST_LOG=warn,wheresmyfox=info "$BIN/wheresmyfox" serve \
+        --config loadtest/gateway.toml --listen "$GATEWAY_ADDR" --data-dir "$WORK/data" \
+        >>"$WORK/gateway.log" 2>&1 &
     SERVER=$!
     for _ in $(seq 1 300); do
         curl -sf "http://$GATEWAY_ADDR/__heartbeat__" >/dev/null 2>&1 && break
         sleep 0.1
     done
-    load gateway "$GATEWAY_ADDR" "gateway-steady-$round" "$RATE" "$DURATION" --state "$WORK/devices.json"
-    load gateway "$GATEWAY_ADDR" "gateway-max-$round" "$MAX_RATE" "$MAX_DURATION" --state "$WORK/devices.json"
+    load gateway "$GATEWAY_ADDR" "$name-steady-$round" "$RATE" "$DURATION" --state "$WORK/devices.json"
+    load gateway "$GATEWAY_ADDR" "$name-max-$round" "$MAX_RATE" "$MAX_DURATION" --state "$WORK/devices.json"
     stop_server
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    gateway gateway always "$round"
+    gateway gateway-interval interval "$round"
 
     # nginx + Nchan.
     NCHAN_PREFIX="$WORK/nchan" bash loadtest/nchan/run.sh "$NCHAN_ADDR" 2>>"$WORK/nchan.log" &
@@ -83,7 +95,8 @@ import json, statistics, sys, pathlib
 out, rounds = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 def runs(name):
     return [json.loads((out / f"{name}-{i}" / "result.json").read_text()) for i in range(1, rounds + 1)]
-r = {name: runs(name) for name in ["gateway-steady", "gateway-max", "nchan-steady", "nchan-max"]}
+targets = ["gateway", "gateway-interval", "nchan"]
+r = {f"{t}-{kind}": runs(f"{t}-{kind}") for t in targets for kind in ["steady", "max"]}
 figures = [
     ("memory per parked connection (KiB)", "steady", lambda x: x["bytes_per_parked_device"] / 1024),
     ("the same once the load is over (KiB)", "steady",
@@ -100,18 +113,20 @@ figures = [
 g0 = r["gateway-steady"][0]
 text = [f"# Gateway and nginx + Nchan, {g0['devices']} parked devices, {g0['rate_target']:.0f} commands/s, "
         f"{rounds} round(s)\n",
-        "Each cell: the median, then every round's figure in order.\n",
-        "| figure | gateway | nginx + Nchan | gateway / Nchan (medians) |", "|---|---:|---:|---:|"]
+        "Each cell: the median, then every round's figure in order. \"gateway\": `fsync = \"always\"` "
+        "(the default); \"interval\": the same gateway with `fsync = \"interval\"`.\n",
+        "| figure | gateway | interval | nginx + Nchan | gateway / Nchan | interval / Nchan |",
+        "|---|---:|---:|---:|---:|---:|"]
+cell = lambda m, v: f"{m:.2f} ({', '.join(f'{x:.2f}' for x in v)})"
+ratio = lambda a, b: f"{a / b:.2f}" if b else "n/a"
 for name, kind, get in figures:
-    a = [get(x) for x in r[f"gateway-{kind}"]]
-    b = [get(x) for x in r[f"nchan-{kind}"]]
-    ma, mb = statistics.median(a), statistics.median(b)
-    cell = lambda m, v: f"{m:.2f} ({', '.join(f'{x:.2f}' for x in v)})"
-    text.append(f"| {name} | {cell(ma, a)} | {cell(mb, b)} | {ma / mb if mb else float('nan'):.2f} |")
+    a, i, b = ([get(x) for x in r[f"{t}-{kind}"]] for t in targets)
+    ma, mi, mb = statistics.median(a), statistics.median(i), statistics.median(b)
+    text.append(f"| {name} | {cell(ma, a)} | {cell(mi, i)} | {cell(mb, b)} | {ratio(ma, mb)} | {ratio(mi, mb)} |")
 text.append("")
 for name, xs in r.items():
-    for i, x in enumerate(xs, 1):
-        text.append(f"- {name}-{i}: sent {x['sent']}, received {x['received']}, lost {x['lost']}, "
+    for n, x in enumerate(xs, 1):
+        text.append(f"- {name}-{n}: sent {x['sent']}, received {x['received']}, lost {x['lost']}, "
                     f"duplicated {x['duplicated']}, skipped {x['skipped']}, errors {sum(x['errors'].values())}")
 (out / "compare.md").write_text("\n".join(text) + "\n")
 print("\n".join(text))
