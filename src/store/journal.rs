@@ -9,9 +9,10 @@
 //! Who writes: a request that waits for its commit and finds the file free writes the batch
 //! itself, on its own worker thread, and so does not wait for another thread to be scheduled
 //! twice (once to write, once to wake it): the leader of RocksDB's and MySQL's group commit. A
-//! writer thread does the rest: batches queued while a write was under way, the records of
-//! commits dropped unwaited, the interval flush, rotation and close, and everything when the
-//! runtime has a single worker (which must not stop for a flush). Only one batch is written
+//! writer thread does the rest: batches queued while a write was under way (so that under a
+//! steady stream of records the workers go on serving while the thread waits for the disk),
+//! the records of commits dropped unwaited, the interval flush, rotation and close, and
+//! everything when the runtime has a single worker (which must not stop for a flush). Only one batch is written
 //! at a time (`Shared::file`); whoever lets go of the file looks at the queue afterwards and
 //! wakes the thread when records are left, so no record waits for a writer that is not
 //! coming.
@@ -406,7 +407,7 @@ impl Shared {
     /// A waiting request's turn: writes what is queued, here and now, if no batch is being
     /// written and this thread may block on the disk; otherwise leaves it to whoever holds
     /// the file, or to the thread.
-    fn write_or_hand_over(self: &Arc<Self>) {
+    fn write_or_hand_over(&self) {
         if !may_block_here() {
             self.kick();
             return;
@@ -441,22 +442,11 @@ impl Shared {
         if let Some(due) = due {
             queue.flush_due = Some(queue.flush_due.map_or(due, |at| at.min(due)));
         }
-        match queue.ops.first() {
-            // Records queued while this batch was written: the next batch, written by a task
-            // on this worker, which runs as soon as this request yields (or on the other
-            // worker, if that one is idle), rather than by the thread, which would have to be
-            // scheduled first and then wake each waiting request.
-            Some(Op::Append { .. }) => {
-                drop(queue);
-                let journal = self.clone();
-                tokio::spawn(async move { journal.write_or_hand_over() });
-                if due.is_some() {
-                    self.kick.notify_one();
-                }
-            }
-            Some(_) => self.kick.notify_one(),
-            None if due.is_some() => self.kick.notify_one(),
-            None => {}
+        // Records queued while this batch was written go to the thread, which takes each
+        // batch as soon as the last is written: under a steady stream of records, the workers
+        // go on serving while the thread waits for the disk, as if no request wrote at all.
+        if due.is_some() || !queue.ops.is_empty() {
+            self.kick.notify_one();
         }
     }
 }
