@@ -12,10 +12,10 @@
 //! writer thread does the rest: batches queued while a write was under way (so that under a
 //! steady stream of records the workers go on serving while the thread waits for the disk),
 //! the records of commits dropped unwaited, the interval flush, rotation and close, and
-//! everything when the runtime has a single worker (which must not stop for a flush). Only one batch is written
-//! at a time (`Shared::file`); whoever lets go of the file looks at the queue afterwards and
-//! wakes the thread when records are left, so no record waits for a writer that is not
-//! coming.
+//! everything when the runtime has a single worker (which must not stop for a flush). Only
+//! one batch is written at a time (`Shared::file`); whoever lets go of the file looks at the
+//! queue afterwards and wakes the thread when records are left, so no record waits for a
+//! writer that is not coming.
 //!
 //! The file is kept ahead of the writer with zeros (`Runway`), so a flush writes the records'
 //! blocks and never the file's size as well.
