@@ -54,6 +54,13 @@ use crate::store::{Commit, Durability, Journal};
 /// Superseded-but-sent commands kept per kind, to absorb late replies.
 pub const MAX_SUPERSEDED: usize = 4;
 
+/// How far every device's command sequence numbers move on at each start (see
+/// [`Device::skip_seqs`]). It must exceed the numbers one device can be issued between two
+/// journal flushes: a flush with `fsync = "always"`, `fsync_interval_ms` otherwise. A million
+/// commands to one phone in that time is out of reach, and 2^53 (the most a JSON client
+/// reads exactly) still leaves room for eight billion starts.
+pub const SEQ_SKIP: u64 = 1 << 20;
+
 /// A registered device. Shared by the registry, device polls and owner requests.
 #[derive(Debug)]
 pub struct Device {
@@ -595,6 +602,16 @@ impl Device {
             }
             (queued, commit)
         })
+    }
+
+    /// Moves the next command sequence number on by `by`, at start-up (`Record::Started`).
+    ///
+    /// A device may receive a command before its record is flushed (see `queue_commands`), so
+    /// after a crash it may hold sequence numbers the recovered state never issued. Without
+    /// the skip they would be issued again, to other commands, and a device that sends
+    /// `"ack": N` for the lost ones would acknowledge the new ones unseen.
+    pub fn skip_seqs(&self, by: u64) {
+        self.with(|s| s.data.outbox.next_seq = s.data.outbox.next_seq.saturating_add(by));
     }
 
     /// Applies what a device reported in a verified request.

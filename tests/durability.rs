@@ -11,7 +11,7 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use support::binary::Binary;
-use support::{PASSWORD, TestServer, device_view, register};
+use support::{PASSWORD, TestServer, crash_image, device_view, register};
 use wheresmyfox::client::{DeviceClient, HttpClient, OwnerClient, random_secret};
 use wheresmyfox::store::StoreError;
 
@@ -478,6 +478,74 @@ async fn everything_answered_before_kill_9_is_there_after_restart() {
         }
     }
     drop(binary);
+}
+
+/// A device can receive a command while its record is still being flushed; a crash then
+/// loses the record but not what the device saw. The number it saw must never be issued
+/// again: the device's `ack` for it would otherwise acknowledge a different command that
+/// never reached it. Two crashes in a row, so that the second start-up has to replay the
+/// first one's `started` record as well as write its own.
+#[tokio::test]
+async fn a_command_number_lost_in_a_crash_is_never_issued_again() {
+    let server = TestServer::start().await;
+    let mut owner = server.owner("renumber").await;
+    let (id, secret) = register(&mut owner, "Phone").await;
+    let mut device = DeviceClient::new(server.http(), &id, &secret);
+    device.enable_ack();
+    device.exchange(&json!({}), Some(0)).await.unwrap();
+    let mut server = server;
+    let mut seen = 0;
+    for (round, kind) in ["r", "l"].into_iter().enumerate() {
+        // What the disk holds before the command: the machine loses power after the device
+        // got it but before its record reached the disk.
+        let image = crash_image(server.dir.path());
+        let command = match kind {
+            "r" => json!({"r": {"p": 5, "d": 60}}),
+            _ => json!({"l": {"c": "0123"}}),
+        };
+        let queued = owner.command(&id, &command).await.unwrap();
+        let seq = queued["queued"][0]["seq"].as_u64().unwrap();
+        assert!(seq > seen, "round {round}: seq {seq} after {seen}");
+        let got = device.exchange(&json!({}), Some(0)).await.unwrap();
+        assert!(got.contains_key(kind), "round {round}: {got:?}");
+        seen = seq;
+        server.stop().await;
+        server = TestServer::start_in(image, |_| {}).await;
+        owner.http = HttpClient::new(server.addr);
+        // The device still holds `seen` and acknowledges it with every request (written out
+        // here, so the client does not put in an `ack` of its own).
+        device = DeviceClient::new(server.http(), &id, &secret);
+        device
+            .exchange(&json!({"ack": seen}), Some(0))
+            .await
+            .unwrap();
+    }
+    let queued = owner
+        .command(&id, &json!({"m": {"n": "555-0100", "m": "Found?"}}))
+        .await
+        .unwrap();
+    let seq = queued["queued"][0]["seq"].as_u64().unwrap();
+    assert!(seq > seen, "seq {seq} issued again after the crash lost it");
+    // Sent once, in an answer the device never got (another connection takes it)...
+    let mut lost_answer = DeviceClient::new(server.http(), &id, &secret);
+    lost_answer.enable_ack();
+    assert!(
+        lost_answer
+            .exchange(&json!({}), Some(0))
+            .await
+            .unwrap()
+            .contains_key("m")
+    );
+    // ...so the device's stale `ack` does not cover it, and it comes again.
+    let again = device
+        .exchange(&json!({"ack": seen}), Some(0))
+        .await
+        .unwrap();
+    assert!(
+        again.contains_key("m"),
+        "the message was taken as received: {again:?}"
+    );
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -466,8 +466,15 @@ pub(crate) fn limit_commands(gateway: &Gateway, user: UserId) -> Result<(), ApiE
         })
 }
 
-/// Queues commands durably (nothing the device acts on can be lost), then wakes the device:
-/// its parked poll, or else a push ping. Returns the owner's 202 answer.
+/// Queues commands, wakes the device (its parked poll, or else a push ping), and answers the
+/// owner's 202 once the commands are durable.
+///
+/// The device is woken while the journal is still flushing the commands: the flush is the
+/// slowest step, and the device's poll would otherwise wait for it (docs/durability.md). No
+/// answer is given early: the owner hears only of durable commands, and a device's reply is
+/// journaled after the command it answers, so it cannot be durable without it. What a crash in
+/// that window leaves is a device that got a command the owner was told had failed, as when
+/// the owner's answer is lost; `Device::skip_seqs` keeps its number from being used again.
 pub(crate) async fn queue_commands(
     gateway: &Arc<Gateway>,
     device: &Arc<Device>,
@@ -475,9 +482,15 @@ pub(crate) async fn queue_commands(
 ) -> Result<Value, ApiError> {
     let wire = commands.to_json();
     let (queued, commit) = device.queue(commands, &gateway.config.devices, gateway.storage());
+    let woken = crate::push::wake(gateway, device);
+    if woken == crate::push::Wakeup::Parked {
+        // The woken poll waits in this worker's next-task slot, which other workers cannot
+        // take; were this task to flush the journal now, the device's answer would wait for
+        // the disk after all. Yielding lets it go out first.
+        tokio::task::yield_now().await;
+    }
     commit.wait().await?;
     gateway.metrics.commands_queued.add(queued.len() as u64);
-    let woken = crate::push::wake(gateway, device);
     Ok(json!({
         "queued": queued,
         "command": wire,
@@ -875,6 +888,54 @@ async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A parked device hears of its command while the journal is still flushing it; the
+    /// owner's answer waits for the flush.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parked_device_is_woken_before_the_flush_and_the_owner_answered_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = Gateway::open(crate::config::Config::for_test(dir.path())).unwrap();
+        let registration = crate::device::Registration {
+            secret: crate::client::random_secret(),
+            push_url: String::new(),
+            push_protocol: Default::default(),
+            name: None,
+        };
+        let (registered, commit) = gateway
+            .registry
+            .register(
+                UserId::random(),
+                None,
+                registration,
+                &gateway.config.devices,
+                gateway.storage(),
+            )
+            .unwrap();
+        commit.wait().await.unwrap();
+        let crate::registry::Registered::New(id) = registered else {
+            panic!("a new device")
+        };
+        let device = gateway.registry.get(&id).unwrap();
+        let parked = device.mailbox.park();
+        let held = gateway.journal.hold_writes();
+        let commands = CommandSet::from_json(&json!({"r": {"p": 5, "d": 60}})).unwrap();
+        let queuing = tokio::spawn({
+            let (gateway, device) = (gateway.clone(), device.clone());
+            async move { queue_commands(&gateway, &device, commands).await }
+        });
+        let woken = tokio::time::timeout(Duration::from_secs(10), parked).await;
+        assert!(matches!(woken, Ok(Wake::Notified)), "{woken:?}");
+        let delivery = device.take_delivery(true, Default::default(), &gateway.config.devices);
+        assert_eq!(delivery.unwrap().body, json!({"r": {"p": 5, "d": 60}}));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !queuing.is_finished(),
+            "the owner was answered before the flush"
+        );
+        drop(held);
+        let answer = queuing.await.unwrap().unwrap();
+        assert_eq!(answer["parked"], json!(true));
+    }
 
     #[test]
     fn a_poll_is_held_for_the_last_eighth_of_its_wait_at_random() {

@@ -312,12 +312,28 @@ impl Journal {
         }
     }
 
-    /// Bytes in the current journal file.
+    /// Keeps every write and flush waiting until the returned guard is dropped: a flush that
+    /// takes its time, for tests of what must not wait for one.
+    #[cfg(test)]
+    pub(crate) fn hold_writes(&self) -> impl Sized + '_ {
+        /// Lets go of the file, then has the thread look at the queue, as a writer does.
+        struct Held<'a>(Option<MutexGuard<'a, Writer>>, &'a Shared);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                drop(self.0.take());
+                self.1.kick();
+            }
+        }
+        let shared = self.shared.as_deref().expect("an enabled journal");
+        Held(Some(lock(&shared.file)), shared)
+    }
+
     /// What the journal has seen since start.
     pub fn stats(&self) -> &JournalStats {
         &self.stats
     }
 
+    /// Bytes in the current journal file.
     pub fn len(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }

@@ -269,7 +269,38 @@ pub fn recover(
     };
     dir.generation
         .store(recovered.generation, std::sync::atomic::Ordering::Relaxed);
+    let len = if registry.is_empty() {
+        len
+    } else {
+        mark_start(&file, &path, len, &state, sealer, config)?
+    };
     Ok((Journal::start(file, path, len, &config.storage), recovered))
+}
+
+/// Writes and flushes a [`Record::Started`] at `at` (the end of the recovered records), and
+/// applies it; returns the new end. Flushed whatever `storage.fsync` says: a command number
+/// sent in this run must never be issued again, even after a crash a moment later.
+fn mark_start(
+    file: &std::fs::File,
+    path: &Path,
+    at: u64,
+    state: &State<'_>,
+    sealer: &Sealer,
+    config: &Config,
+) -> Result<u64, StoreError> {
+    use std::os::unix::fs::FileExt;
+    let record = Record::Started {
+        at_ms: crate::clock::now_ms(),
+        seq_skip: crate::device::SEQ_SKIP,
+    };
+    let payload = serde_json::to_vec(&record).expect("a start record always encodes");
+    let mut bytes = Vec::with_capacity(payload.len() + frame::FRAME_OVERHEAD);
+    frame::encode_frame(&payload, &mut bytes);
+    file.write_all_at(&bytes, at)
+        .and_then(|()| file.sync_data())
+        .map_err(io(path))?;
+    replay(&record, state, sealer, config)?;
+    Ok(at + bytes.len() as u64)
 }
 
 /// What recovery fills in.
@@ -577,6 +608,7 @@ fn replay(
         Record::SyncWrite { user, rev, write } => state.sync.replay_write(*user, *rev, write),
         Record::SyncPurged { user, purge } => state.sync.replay_purge(*user, purge),
         Record::SyncStorage { user, change } => state.sync.replay_storage(*user, change),
+        Record::Started { seq_skip, .. } => registry.for_each(|device| device.skip_seqs(*seq_skip)),
     }
     Ok(())
 }

@@ -84,6 +84,13 @@ pub enum Record {
         user: UserId,
         change: StorageChange,
     },
+    /// The server started serving. Every device known at this point moves its next command
+    /// sequence number on by `seq_skip`, so that no number is used twice (see
+    /// `Device::skip_seqs`). Written and flushed by start-up, before the first request.
+    Started {
+        at_ms: u64,
+        seq_skip: u64,
+    },
 }
 
 /// A change to one device.
