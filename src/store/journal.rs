@@ -283,15 +283,13 @@ impl Journal {
         if self.failed.load(Ordering::Relaxed) {
             return Commit::failed();
         }
-        let payload = match serde_json::to_vec(record) {
-            Ok(payload) => payload,
+        let bytes = match record.framed() {
+            Ok(bytes) => bytes,
             Err(e) => {
                 error!(error = %e, "cannot encode a journal record");
                 return Commit::failed();
             }
         };
-        let mut bytes = Vec::with_capacity(payload.len() + frame::FRAME_OVERHEAD);
-        frame::encode_frame(&payload, &mut bytes);
         let policy = match durability {
             Durability::Commands => self.commands,
             Durability::Positions => self.positions,

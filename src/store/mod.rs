@@ -293,9 +293,7 @@ fn mark_start(
         at_ms: crate::clock::now_ms(),
         seq_skip: crate::device::SEQ_SKIP,
     };
-    let payload = serde_json::to_vec(&record).expect("a start record always encodes");
-    let mut bytes = Vec::with_capacity(payload.len() + frame::FRAME_OVERHEAD);
-    frame::encode_frame(&payload, &mut bytes);
+    let bytes = record.framed().expect("a start record always encodes");
     file.write_all_at(&bytes, at)
         .and_then(|()| file.sync_data())
         .map_err(io(path))?;

@@ -93,6 +93,16 @@ pub enum Record {
     },
 }
 
+impl Record {
+    /// The record as one journal frame (length, checksum, JSON payload).
+    pub fn framed(&self) -> serde_json::Result<Vec<u8>> {
+        let payload = serde_json::to_vec(self)?;
+        let mut bytes = Vec::with_capacity(payload.len() + frame::FRAME_OVERHEAD);
+        frame::encode_frame(&payload, &mut bytes);
+        Ok(bytes)
+    }
+}
+
 /// A change to one device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
