@@ -169,6 +169,12 @@ impl Shared {
         *self.errors.lock().unwrap().entry(kind.into()).or_default() += 1;
     }
 
+    /// Replies to this many commands were answered by the server.
+    fn acknowledge(&self, replies: usize) {
+        self.acknowledged
+            .fetch_add(replies as u64, Ordering::Relaxed);
+    }
+
     /// A device saw a marker.
     fn receive(&self, marker: u64) {
         let now = self.micros();
@@ -368,9 +374,12 @@ async fn main() -> anyhow::Result<()> {
         .filter(|(k, _)| !k.starts_with("cut on purpose"))
         .map(|(_, n)| n)
         .sum();
-    if args.strict && (result.lost > 0 || result.duplicated > 0 || real_errors > 0) {
+    let unacknowledged = result.received.saturating_sub(result.acknowledged);
+    if args.strict
+        && (result.lost > 0 || result.duplicated > 0 || unacknowledged > 0 || real_errors > 0)
+    {
         bail!(
-            "lost {}, duplicated {}, errors {:?}",
+            "lost {}, duplicated {}, unacknowledged {unacknowledged}, errors {:?}",
             result.lost,
             result.duplicated,
             result.errors
@@ -430,7 +439,12 @@ async fn register_devices(args: &Args) -> anyhow::Result<Vec<Registered>> {
     Ok(kept)
 }
 
-/// One device: poll, note markers, acknowledge, poll again; reconnect with backoff on errors.
+/// One device, running the device loop of docs/protocol.md (section 9): poll with the replies
+/// to the commands of the last answer, note the markers of this one, poll again; reconnect
+/// with backoff on errors. Replies ride on the next poll, which the server applies before it
+/// parks, and are kept until a request carrying them is answered; at the end of the run, the
+/// replies still riding on a parked poll are sent once more with `wait=0`, so every reply is
+/// seen answered.
 ///
 /// With `cut_share`, that share of polls is abandoned after a random few milliseconds, which
 /// drops the connection mid-request or mid-response, as a flaky mobile link does.
@@ -477,31 +491,8 @@ async fn run_device(
             Some(Ok(commands)) => {
                 backoff = Duration::from_millis(100);
                 shared.polls.fetch_add(1, Ordering::Relaxed);
-                if !replies.is_empty() {
-                    shared
-                        .acknowledged
-                        .fetch_add(replies.len() as u64, Ordering::Relaxed);
-                }
+                shared.acknowledge(replies.len());
                 replies = run_commands(&shared, &commands);
-                // Like a phone that has run a command: answer at once (wait=0), then park
-                // again. A reply whose request fails is kept and sent with the next poll.
-                while !replies.is_empty() {
-                    match client
-                        .exchange(&Value::Object(replies.clone()), Some(0))
-                        .await
-                    {
-                        Ok(more) => {
-                            shared
-                                .acknowledged
-                                .fetch_add(replies.len() as u64, Ordering::Relaxed);
-                            replies = run_commands(&shared, &more);
-                        }
-                        Err(error) => {
-                            shared.error(error_kind(&error));
-                            break;
-                        }
-                    }
-                }
             }
             Some(Err(error)) => {
                 shared.error(error_kind(&error));
@@ -512,6 +503,17 @@ async fn run_device(
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+    // The last replies: their parked poll was abandoned above. This answer also ends the
+    // abandoned poll on the server, if it is still parked.
+    if !replies.is_empty() {
+        match client
+            .exchange(&Value::Object(replies.clone()), Some(0))
+            .await
+        {
+            Ok(_) => shared.acknowledge(replies.len()),
+            Err(error) => shared.error(format!("last replies: {}", error_kind(&error))),
         }
     }
 }
