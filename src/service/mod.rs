@@ -683,6 +683,9 @@ struct Exchange {
     wait: Duration,
     /// Kinds not to send in this answer (see `DeviceReport::held_back`).
     held_back: KindSet,
+    /// The report's records, when the poll parks before they are durable: the answer, the
+    /// device's receipt for its report, waits for them. Boxed: most parked polls have none.
+    report: Option<Box<crate::store::Commit>>,
 }
 
 /// Authenticates the request, applies its report, and returns what the answer needs; or the
@@ -713,16 +716,23 @@ where
     let report = DeviceReport::from_slice(&body).map_err(|e| signer.fail(&ApiError::from(e)))?;
     let query = parts.uri.query().unwrap_or("");
     let wait = spread(wait_param(query, config.poll.wait_secs).map_err(|e| signer.fail(&e))?);
-    device
-        .apply_report(&report, &config.devices, gateway.storage())
-        .wait()
-        .await
-        .map_err(|e| signer.fail(&e))?;
+    let mut applied = device.apply_report(&report, &config.devices, gateway.storage());
+    let applied = if wait.is_zero() || !applied.is_pending() {
+        applied.wait().await.map_err(|e| signer.fail(&e))?;
+        None
+    } else {
+        // A poll that may park answers later, and its report need only be durable by then:
+        // the journal's thread writes it meanwhile, and this worker does not block on the
+        // disk before parking.
+        applied.hand_over();
+        Some(Box::new(applied))
+    };
     Ok(Exchange {
         device,
         signer,
         wait,
         held_back: report.held_back(),
+        report: applied,
     })
 }
 
@@ -737,6 +747,16 @@ impl Exchange {
         async move {
             // `answer` borrows: a future that took `self` by value would keep a second copy.
             let (response, end) = self.answer(&gateway).await;
+            // The answer tells the device its report was taken: not before it is durable. If
+            // it cannot be made so, what was taken for this answer goes with the next one, as
+            // when an answer is lost on the way.
+            let (response, end) = match self.report {
+                Some(report) => match report.wait().await {
+                    Ok(()) => (response, end),
+                    Err(error) => (self.signer.fail(&error), PollEnd::Refused),
+                },
+                None => (response, end),
+            };
             gateway.metrics.poll_answered(end);
             response
         }
@@ -889,14 +909,12 @@ async fn events(
 mod tests {
     use super::*;
 
-    /// A parked device hears of its command while the journal is still flushing it; the
-    /// owner's answer waits for the flush.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_parked_device_is_woken_before_the_flush_and_the_owner_answered_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let gateway = Gateway::open(crate::config::Config::for_test(dir.path())).unwrap();
+    /// A gateway on a fresh data directory, with one device registered: its id and secret.
+    async fn gateway_with_device(dir: &std::path::Path) -> (Arc<Gateway>, DeviceId, String) {
+        let gateway = Gateway::open(crate::config::Config::for_test(dir)).unwrap();
+        let secret = crate::client::random_secret();
         let registration = crate::device::Registration {
-            secret: crate::client::random_secret(),
+            secret: secret.clone(),
             push_url: String::new(),
             push_protocol: Default::default(),
             name: None,
@@ -915,6 +933,15 @@ mod tests {
         let crate::registry::Registered::New(id) = registered else {
             panic!("a new device")
         };
+        (gateway, id, secret)
+    }
+
+    /// A parked device hears of its command while the journal is still flushing it; the
+    /// owner's answer waits for the flush.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parked_device_is_woken_before_the_flush_and_the_owner_answered_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway, id, _) = gateway_with_device(dir.path()).await;
         let device = gateway.registry.get(&id).unwrap();
         let parked = device.mailbox.park();
         let held = gateway.journal.hold_writes();
@@ -935,6 +962,76 @@ mod tests {
         drop(held);
         let answer = queuing.await.unwrap().unwrap();
         assert_eq!(answer["parked"], json!(true));
+    }
+
+    /// A poll whose report still has to be flushed parks at once; its answer, the device's
+    /// receipt for the report, goes out only once the report is on disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poll_parks_while_its_report_is_flushed_and_is_answered_after_the_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway, id, secret) = gateway_with_device(dir.path()).await;
+        let device = gateway.registry.get(&id).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let client = crate::client::DeviceClient::new(
+            crate::client::HttpClient::new(addr),
+            &id.to_string(),
+            &secret,
+        );
+        let path = format!("/1/cmd/{id}?wait=30");
+        let body = br#"{"has_passcode":true}"#;
+        let request = Request::post(&path)
+            .header(header::HOST, "127.0.0.1:8080")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(
+                header::AUTHORIZATION,
+                client.authorization(&path, body).unwrap(),
+            )
+            .body(Body::new(Bytes::from_static(body)))
+            .unwrap();
+        let held = gateway.journal.hold_writes();
+        let polling = tokio::spawn(handle_exchange(
+            request,
+            gateway.clone(),
+            addr,
+            id.to_string(),
+        ));
+        let parked = async {
+            while gateway
+                .stats
+                .parked
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), parked)
+            .await
+            .expect("the poll waited for its report's flush before parking");
+        let commands = CommandSet::from_json(&json!({"r": {"p": 5, "d": 60}})).unwrap();
+        let queuing = tokio::spawn({
+            let (gateway, device) = (gateway.clone(), device.clone());
+            async move { queue_commands(&gateway, &device, commands).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !polling.is_finished(),
+            "the device was answered before its report was flushed"
+        );
+        drop(held);
+        let response = tokio::time::timeout(Duration::from_secs(10), polling)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body, json!({"r": {"p": 5, "d": 60}}));
+        queuing.await.unwrap().unwrap();
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! twice (once to write, once to wake it): the leader of RocksDB's and MySQL's group commit. A
 //! writer thread does the rest: batches queued while a write was under way (so that under a
 //! steady stream of records the workers go on serving while the thread waits for the disk),
-//! the records of commits dropped unwaited, the interval flush, rotation and close, and
+//! the records of commits dropped unwaited or handed over (a poll that parks while its report
+//! is flushed), the interval flush, rotation and close, and
 //! everything when the runtime has a single worker (which must not stop for a flush). Only
 //! one batch is written at a time (`Shared::file`); whoever lets go of the file looks at the
 //! queue afterwards and wakes the thread when records are left, so no record waits for a
@@ -182,6 +183,21 @@ impl Commit {
         let journal = other.journal.take();
         if self.journal.is_none() {
             self.journal = journal;
+        }
+    }
+
+    /// Whether there is a record to wait for: false when nothing was appended, and when the
+    /// journal had already failed (then `wait` fails at once).
+    pub fn is_pending(&self) -> bool {
+        !self.failed && !self.waits.is_empty()
+    }
+
+    /// Has the journal's thread write the records now, without waiting here; a later `wait`
+    /// only waits for them. For a request that answers much later (a parked poll): the
+    /// records become durable meanwhile, and its worker does not block on the disk.
+    pub fn hand_over(&mut self) {
+        if let Some(journal) = self.journal.take() {
+            journal.kick();
         }
     }
 
