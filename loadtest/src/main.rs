@@ -64,9 +64,15 @@ pub struct Args {
     /// for a minute: reconnect storms need several.
     #[arg(long, default_value_t = 16)]
     pub source_ips: u8,
-    /// Owner connections sending commands concurrently.
+    /// Owner connections opened at the start (and registering devices concurrently).
     #[arg(long, default_value_t = 32)]
     pub owner_connections: usize,
+    /// Most owner connections at once. When a command is due and every open one is still
+    /// waiting for an answer, another is opened: owners are many people, and a command is not
+    /// held back by an answer to someone else's (a disk flush that takes 50 ms would otherwise
+    /// hold every command due meanwhile, and count that wait as theirs).
+    #[arg(long, default_value_t = 512)]
+    pub owner_connections_max: usize,
     /// What to do once the devices are parked.
     #[arg(long, value_enum, default_value_t = Scenario::Steady)]
     pub scenario: Scenario,
@@ -135,6 +141,8 @@ struct Shared {
     sent: AtomicU64,
     received: AtomicU64,
     acknowledged: AtomicU64,
+    /// Owner connections opened to send commands.
+    owner_connections: AtomicU64,
     duplicates: AtomicU64,
     skipped: AtomicU64,
     polls: AtomicU64,
@@ -246,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
         sent: AtomicU64::new(0),
         received: AtomicU64::new(0),
         acknowledged: AtomicU64::new(0),
+        owner_connections: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         skipped: AtomicU64::new(0),
         polls: AtomicU64::new(0),
@@ -621,15 +630,27 @@ async fn send_commands(args: &Args, shared: &Arc<Shared>, ids: Arc<Vec<String>>)
         },
     };
     let target = args.target;
-    let pool = Arc::new(Mutex::new(Vec::new()));
-    for _ in 0..args.owner_connections.max(1) {
-        pool.lock().unwrap().push(OwnerClient {
-            http: HttpClient::new(args.server),
-            token: first.token.clone(),
-            userid: first.userid.clone(),
-        });
-    }
-    let permits = Arc::new(Semaphore::new(args.owner_connections.max(1)));
+    let new_owner = Arc::new({
+        let (server, token, userid) = (args.server, first.token, first.userid);
+        let shared = shared.clone();
+        move || {
+            shared.owner_connections.fetch_add(1, Ordering::Relaxed);
+            OwnerClient {
+                http: HttpClient::new(server),
+                token: token.clone(),
+                userid: userid.clone(),
+            }
+        }
+    });
+    let opened: Vec<OwnerClient> = (0..args.owner_connections.max(1))
+        .map(|_| new_owner())
+        .collect();
+    let pool = Arc::new(Mutex::new(opened));
+    let permits = Arc::new(Semaphore::new(
+        args.owner_connections_max
+            .max(args.owner_connections)
+            .max(1),
+    ));
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let total = (args.rate * args.duration as f64).round() as u64;
     let mut due_times = pace(Instant::now(), interval, total);
@@ -652,16 +673,18 @@ async fn send_commands(args: &Args, shared: &Arc<Shared>, ids: Arc<Vec<String>>)
             .unwrap()
             .insert(marker, (device, due_micros));
         shared.sent.fetch_add(1, Ordering::Relaxed);
-        let (shared, pool, permits, ids) =
-            (shared.clone(), pool.clone(), permits.clone(), ids.clone());
+        let (shared, pool, permits, ids, new_owner) = (
+            shared.clone(),
+            pool.clone(),
+            permits.clone(),
+            ids.clone(),
+            new_owner.clone(),
+        );
         let id = device;
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire().await;
-            let mut owner = pool
-                .lock()
-                .unwrap()
-                .pop()
-                .expect("one connection per permit");
+            let idle = pool.lock().unwrap().pop();
+            let mut owner = idle.unwrap_or_else(|| new_owner());
             let lag = shared.micros().saturating_sub(due_micros).max(1);
             let _ = shared.send_lag.lock().unwrap().record(lag);
             let result = match target {

@@ -58,6 +58,9 @@ pub struct Result {
     /// The same, second by second.
     pub command_to_device_by_second: Vec<SecondLatency>,
     pub owner_request: Latency,
+    /// Owner connections open at the end: more than `--owner-connections` when commands fell
+    /// due while every open one was waiting for an answer.
+    pub owner_connections: u64,
     /// From a command's due time to the tool starting its request: the load generator's own
     /// share of the two latencies above.
     pub send_lag: Latency,
@@ -158,6 +161,7 @@ impl Result {
                 / shared.started.elapsed().as_secs_f64(),
             command_to_device: latency(&shared.latency.lock().unwrap()),
             command_to_device_by_second: by_second(shared),
+            owner_connections: shared.owner_connections.load(Ordering::Relaxed),
             owner_request: latency(&shared.owner_latency.lock().unwrap()),
             send_lag: latency(&shared.send_lag.lock().unwrap()),
             oversleep: latency(&shared.oversleep.lock().unwrap()),
@@ -205,6 +209,7 @@ impl Result {
              | poll cycles/s | {:.0} |\n\
              | command to device p50 / p90 / p99 / p99.9 / max | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} ms |\n\
              | owner request p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |\n\
+             | owner connections (opened at the start, or when every one was busy) | {} |\n\
              | the tool's own send lag (due time to request start) p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |\n\
              | the machine's noise: lateness of a 1 ms sleep p50 / p99 / p99.9 / max | {:.2} / {:.2} / {:.2} / {:.2} ms |\n",
             self.sent,
@@ -222,6 +227,7 @@ impl Result {
             o.p50_ms,
             o.p99_ms,
             o.max_ms,
+            self.owner_connections,
             lag.p50_ms,
             lag.p99_ms,
             lag.max_ms,
