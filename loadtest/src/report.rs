@@ -58,8 +58,8 @@ pub struct Result {
     /// The same, second by second.
     pub command_to_device_by_second: Vec<SecondLatency>,
     pub owner_request: Latency,
-    /// Owner connections open at the end: more than `--owner-connections` when commands fell
-    /// due while every open one was waiting for an answer.
+    /// Owner connections the run made: `--owner-connections` at the start, and one more each
+    /// time a command fell due while every one was waiting for an answer.
     pub owner_connections: u64,
     /// From a command's due time to the tool starting its request: the load generator's own
     /// share of the two latencies above.
